@@ -1,0 +1,1 @@
+"""Stage 3: advantage estimators (a registry of pure tensor functions)."""

@@ -1,0 +1,1 @@
+"""Stage 5: evaluation (accuracy, pass@k, maj@k)."""

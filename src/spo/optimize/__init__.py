@@ -1,0 +1,1 @@
+"""Stage 4: policy losses (PPO-clip, KL penalty), pure tensor code."""

@@ -1,0 +1,1 @@
+"""Stage 2: cut responses into segments (SPO). Pure functions over per-token probabilities."""

@@ -1,0 +1,62 @@
+"""The rollout-engine interface. Engines turn token-id prompts into sampled responses.
+
+Everything is token ids: a prompt (or a prompt plus a partial response) is a list of
+ids, and an engine conditions on exactly those ids, never on a decode/re-encode of
+them. This is what lets SPO continue from the exact prefix a response was cut at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+FinishReason = Literal["eos", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `temperature == 0` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    seed: int | None = None  # seeds the engine's generator for this call when given
+
+
+@dataclass
+class Rollout:
+    """One sampled continuation of one context.
+
+    logprobs[i] is log p(response_ids[i] | context, response_ids[:i]) under the
+    *sampling* distribution softmax(logits / temperature) (before top-p/top-k
+    truncation; for greedy decoding temperature 1 is used). finish_reason is
+    "eos" when the model emitted a stop token (which is kept as the last id of
+    response_ids) and "length" when max_new_tokens (or the context limit) cut it.
+    """
+
+    context_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+class RolloutEngine(Protocol):
+    """What the trainer and SPO estimators need from a generation backend."""
+
+    def generate(
+        self, contexts: list[list[int]], params: SamplingParams, n: int = 1
+    ) -> list[list[Rollout]]:
+        """Sample `n` continuations of each context; result[i] has n rollouts of contexts[i].
+
+        Engines should encode each distinct context once and share it across its n
+        samples (prefix / KV-cache reuse)."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the trainer's current weights (no-op when shared)."""
+        ...

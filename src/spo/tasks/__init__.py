@@ -1,0 +1,1 @@
+"""Tasks: problems (datasets), prompt formats and reward functions."""

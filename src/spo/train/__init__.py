@@ -1,0 +1,1 @@
+"""The training loop that runs sample -> estimate -> optimize -> evaluate."""
