@@ -1,0 +1,181 @@
+"""`spo` command line: train, eval, options.
+
+    spo train                                   # the demo preset (configs/demo.yaml)
+    spo train --config configs/smoke.yaml iterations=3 optim.lr=1e-5
+    spo train --resume runs/20261121-101500 iterations=20
+    spo eval runs/20261121-101500 --config configs/demo.yaml --samples 4 --temperature 0.6
+    spo options                                 # every option, its type, default and meaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from spo.config import ConfigError, RunConfig, build_config, describe_options, load_yaml
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "demo"
+
+
+def resolve_preset(name: str) -> Path:
+    """A path to a YAML file, or the name of a preset shipped with spo (`demo`, `smoke`, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = PRESETS_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    shipped = PRESETS_DIR / path.name
+    if path.parent.name == "configs" and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {name} (shipped presets: {known})")
+
+
+def _config(config: str | None, overrides: list[str], base: dict | None = None) -> RunConfig:
+    data = dict(base or {})
+    if config:
+        data.update(load_yaml(resolve_preset(config)))
+    return build_config(data, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spo.train.loop import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder?)")
+        cfg = _config(args.config, args.overrides, base=load_yaml(saved))
+        cfg.output_dir = str(run_dir)
+    else:
+        cfg = _config(args.config or DEFAULT_PRESET, args.overrides)
+        if args.output_dir:
+            cfg.output_dir = args.output_dir
+    run_dir = train(cfg, resume_dir=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from spo.evaluate.evaluator import evaluate, summarize
+    from spo.models import load_policy, load_tokenizer
+    from spo.sample.engine import SamplingParams
+    from spo.sample.hf_engine import HFEngine
+    from spo.tasks.registry import build_task
+    from spo.train.checkpoint import latest_checkpoint
+
+    model_path = args.model
+    run_cfg = None
+    if Path(args.model, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
+        ck = latest_checkpoint(args.model)
+        if ck is None:
+            raise ConfigError(f"{args.model}: run folder has no complete checkpoint")
+        model_path = str(ck / "model")
+        run_cfg = load_yaml(Path(args.model, "config.yaml"))
+    cfg = _config(args.config, args.overrides, base=run_cfg)
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg.task.name, **cfg.task.options)
+    problems = task.problems("eval", args.limit if args.limit is not None else cfg.task.eval_limit)
+    tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer else cfg.model.tokenizer)
+    model = load_policy(model_path, dtype=cfg.model.dtype)
+    engine = HFEngine(model, tokenizer, batch_size=cfg.sampling.batch_size)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens or cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+        temperature=args.temperature if args.temperature is not None else cfg.eval.temperature,
+        top_p=cfg.eval.top_p,
+        seed=cfg.seed,
+    )
+    k = args.samples or cfg.eval.samples
+    t0 = time.perf_counter()
+    result = evaluate(engine, tokenizer, task, problems, params, k=k,
+                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
+    summary = summarize(result.per_problem, k)
+    summary["seconds"] = time.perf_counter() - t0
+    name = f"{cfg.task.name}" + (f"/{cfg.task.options['dataset']}" if "dataset" in cfg.task.options else "")
+    print(format_table(name, model_path, summary))
+    out = Path(args.output) if args.output else Path(model_path).parent / "eval.json"
+    if not args.output and not run_cfg:
+        out = Path("eval.json")
+    out.write_text(json.dumps({"model": model_path, "task": name, "samples": k,
+                               "temperature": params.temperature, "summary": summary,
+                               "problems": result.per_problem}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_table(dataset: str, model: str, summary: dict[str, float]) -> str:
+    keys = [k for k in summary if k not in ("problems", "seconds")]
+    head = "| dataset | problems | " + " | ".join(keys) + " |"
+    line = "|" + "---|" * (len(keys) + 2)
+    row = f"| {dataset} | {int(summary['problems'])} | " + " | ".join(f"{summary[k]:.3f}" for k in keys) + " |"
+    return f"model: {model}\n{head}\n{line}\n{row}"
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    rows = describe_options()
+    if args.markdown:
+        print("| option | type | default | meaning |\n|---|---|---|---|")
+        for key, tp, default, help_ in rows:
+            print(f"| `{key}` | {tp} | `{default}` | {help_} |")
+    else:
+        for key, tp, default, help_ in rows:
+            print(f"{key} ({tp}, default {default})\n    {help_}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spo", description="Segment Policy Optimization and baselines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="RL fine-tuning (default: the demo preset)")
+    p.add_argument("--config", help="YAML preset: a path or a shipped preset name (demo, smoke, ...)")
+    p.add_argument("--output-dir", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides (see `spo options`)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint or a model on the held-out split")
+    p.add_argument("model", help="run folder, HF model folder, hub id or alias")
+    p.add_argument("--config", help="preset for the task/sampling options (a run folder brings its own)")
+    p.add_argument("--samples", type=int, help="samples per problem (k)")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--limit", type=int, help="evaluate at most this many problems")
+    p.add_argument("--output", help="JSON file to write")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("options", help="list every config option with its default")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"spo: config error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"spo: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

