@@ -131,8 +131,11 @@ class OptimConfig:
     lr: float = 1e-6
     """AdamW learning rate."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW moment coefficients."""
     eps: float = 1e-8
+    """AdamW denominator epsilon."""
     warmup_ratio: float = 0.03
     """Share of optimizer steps spent warming the lr up linearly from 0."""
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -154,6 +157,7 @@ class EvalConfig:
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0
+    """Nucleus threshold for sampled evaluation."""
     max_new_tokens: int | None = None
     """Defaults to sampling.max_new_tokens."""
 
@@ -220,6 +224,20 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(cfg.task.train_limit is None or cfg.task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
     if cfg.model.lora.enabled:
         need(cfg.model.lora.r >= 1, "model.lora.r", "must be >= 1")
+    _check_task_options(cfg.task)
+
+
+def _check_task_options(task: TaskConfig) -> None:
+    """Task options are free-form in YAML; check them against the task's signature now,
+    not minutes later when the trainer builds the task."""
+    from spo.tasks.registry import task_options
+
+    valid = task_options(task.name)
+    for key in task.options:
+        if key not in valid:
+            raise ConfigError(
+                f"task.options: unknown option {key!r} for task {task.name!r}; valid: {', '.join(sorted(valid))}"
+            )
 
 
 # ---------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class Trainer:
 
     def train(self) -> Path:
         cfg = self.cfg
-        progress = Progress(enabled=cfg.progress and self.acc.is_main_process)
+        progress = Progress(enabled=cfg.progress, quiet=not self.acc.is_main_process)
         if cfg.eval.at_start and self.start_iteration == 0:
             self._evaluate(0, progress)
         for it in range(self.start_iteration, cfg.iterations):

@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 
 
 class Progress:
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, quiet: bool = False):
+        self.enabled = enabled and not quiet
+        self.quiet = quiet
         self.started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -29,9 +30,10 @@ class Progress:
             bar.close()
 
     def write(self, line: str) -> None:
-        if self.enabled:
+        """Summary lines are printed whether or not bars are enabled."""
+        if not self.quiet:
             tqdm.write(line, file=sys.stdout)
-            sys.stdout.flush()
+        sys.stdout.flush()
 
     def summary(self, record: dict[str, Any], iterations: int) -> None:
         """`iter 3/10  reward 0.41  acc 0.41  loss -0.002  kl 0.000  ...  eta 1m20s`."""

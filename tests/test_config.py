@@ -1,0 +1,106 @@
+"""Config: defaults, presets, overrides and every kind of bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spo.cli import PRESETS_DIR, main, resolve_preset
+from spo.config import ConfigError, build_config, describe_options, load_config, save_config, to_dict
+
+
+def test_defaults_are_valid():
+    cfg = build_config()
+    assert cfg.algorithm.estimator == "grpo"
+    assert cfg.algorithm.clip_eps == 0.2
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS_DIR.glob("*.yaml")))
+def test_every_shipped_preset_loads(preset):
+    load_config(PRESETS_DIR / preset)
+
+
+def test_overrides_parse_yaml_values():
+    cfg = build_config({}, ["optim.lr=1e-5", "model.lora.enabled=true", "task.options={dataset: products}",
+                            "optim.betas=[0.8, 0.9]", "algorithm.clip_eps_high=null"])
+    assert cfg.optim.lr == 1e-5
+    assert cfg.model.lora.enabled is True
+    assert cfg.task.options == {"dataset": "products"}
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.algorithm.clip_eps_high is None
+
+
+def test_override_beats_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("iterations: 5\noptim:\n  lr: 0.001\n")
+    cfg = load_config(path, ["iterations=7"])
+    assert cfg.iterations == 7 and cfg.optim.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("foo=1", "unknown option foo"),
+        ("optim.lrr=1", "unknown option optim.lrr"),
+        ("model.lora.rank=3", "unknown option model.lora.rank"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("iterations=2.5", "iterations: expected an integer"),
+        ("iterations=true", "iterations: expected an integer"),
+        ("model.random_init=1", "model.random_init: expected true/false"),
+        ("algorithm.whiten=always", "algorithm.whiten: must be one of"),
+        ("sampling.top_p=1.5", "sampling.top_p: must be in (0, 1]"),
+        ("sampling.temperature=0", "sampling.temperature: must be > 0"),
+        ("optim.lr=-1", "optim.lr: must be > 0"),
+        ("algorithm.mask_rho=0", "algorithm.mask_rho"),
+        ("optim.betas=[0.9]", "optim.betas: expected a list of 2"),
+        ("iterations", "must look like section.key=value"),
+        ("optim=3", "optim: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, [override])
+    assert message in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listy)
+
+
+def test_unknown_task_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="task.options: unknown option"):
+        build_config({}, ["task.name=gsm8k", "task.options={datset: x}"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = build_config({}, ["optim.lr=3e-6", "model.lora.enabled=true"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_every_option_is_documented():
+    rows = describe_options()
+    undocumented = [key for key, _, _, help_ in rows if not help_]
+    assert undocumented == []
+
+
+def test_resolve_preset_by_name_and_path():
+    assert resolve_preset("smoke") == PRESETS_DIR / "smoke.yaml"
+    assert resolve_preset("configs/smoke.yaml").name == "smoke.yaml"
+    with pytest.raises(ConfigError, match="shipped presets"):
+        resolve_preset("no-such-preset")
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["train", "--config", "smoke", "optim.lr=abc"]) == 2
+    assert "optim.lr: expected a number" in capsys.readouterr().err
