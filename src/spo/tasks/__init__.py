@@ -1,1 +1,25 @@
-"""Tasks: problems (datasets), prompt formats and reward functions."""
+"""Tasks: problems (datasets), prompt formats and reward functions.
+
+    problems.py  Problem, DataError and the GSM8K / MATH / reasoning-gym loaders
+    rewards.py   answer extraction and grading (pure; math_verify under a time limit)
+    prompts.py   question -> prompt token ids ("chat" template or the reference's "plain")
+    registry.py  Task (problems + extract + reward) and build_task(name, **options)
+"""
+
+from spo.tasks.problems import DataError, Problem
+from spo.tasks.prompts import build_prompt_ids, build_prompt_text
+from spo.tasks.registry import TASKS, GSM8KTask, Math500Task, ReasoningGymTask, Task, build_task, task_options
+
+__all__ = [
+    "DataError",
+    "Problem",
+    "build_prompt_ids",
+    "build_prompt_text",
+    "TASKS",
+    "Task",
+    "GSM8KTask",
+    "Math500Task",
+    "ReasoningGymTask",
+    "build_task",
+    "task_options",
+]

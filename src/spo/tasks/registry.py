@@ -1,0 +1,260 @@
+"""Tasks: a problem source + an answer extractor + a grader, built by name.
+
+    task = build_task("gsm8k", train_path="../shared/data/gsm8k/train.jsonl",
+                      eval_path="../shared/data/gsm8k/test.jsonl")
+    problems = task.problems("train", limit=64)
+    r = task.reward(problems[0], response_text, truncated=False)   # 1.0 or 0.0
+
+Every task: truncated responses (cut at the length limit) score 0 whatever they contain;
+otherwise 1.0 if the extracted answer is correct, else 0.0. `extract` gives the answer
+used for grading in a canonical form, so maj@k can vote on it and then grade the winner
+with `score_answer`. Options are keyword arguments with defaults (see each class).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from spo.tasks.problems import (
+    GSM8K_HUB_ID,
+    MATH500_HUB_ID,
+    Problem,
+    drop_overlap,
+    hash_split,
+    load_gsm8k,
+    load_math,
+    reasoning_gym_splits,
+)
+from spo.tasks.prompts import PromptStyle, build_prompt_ids
+from spo.tasks.rewards import (
+    AnswerFormat,
+    GraderBackend,
+    check_answer_format,
+    default_instruction,
+    extract_answer,
+    extract_gsm8k_answer,
+    math_answers_equal,
+    normalize_math_answer,
+    numbers_equal,
+)
+
+Split = Literal["train", "eval"]
+
+
+class Task(ABC):
+    """Problems for a split, and the reward of a response to one of them."""
+
+    name: ClassVar[str]
+
+    def __init__(self, answer_format: str, instruction: str | None) -> None:
+        check_answer_format(answer_format)
+        self.answer_format: AnswerFormat = answer_format  # type: ignore[assignment]
+        # None -> the format's default instruction; "" -> no instruction at all.
+        text = default_instruction(answer_format) if instruction is None else instruction
+        self.instruction: str | None = text or None
+        self._cache: dict[str, list[Problem]] = {}
+
+    # --- problems -----------------------------------------------------------------
+    def problems(self, split: Split, limit: int | None = None) -> list[Problem]:
+        """The split's problems in a fixed order (loaded once), at most `limit` of them."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if split not in self._cache:
+            self._cache[split] = self._load(split)
+        problems = self._cache[split]
+        return list(problems if limit is None else problems[:limit])
+
+    @abstractmethod
+    def _load(self, split: Split) -> list[Problem]: ...
+
+    # --- grading ------------------------------------------------------------------
+    @abstractmethod
+    def extract(self, text: str) -> str | None:
+        """The answer in a response (canonical form), None when there is none."""
+
+    @abstractmethod
+    def score_answer(self, problem: Problem, answer: str | None) -> float:
+        """Reward of an already-extracted answer (1.0 correct, 0.0 wrong or None)."""
+
+    def reward(self, problem: Problem, text: str, truncated: bool) -> float:
+        """1.0 for a correct, complete response; 0.0 otherwise (truncated ones always 0)."""
+        if truncated:
+            return 0.0
+        return self.score_answer(problem, self.extract(text))
+
+    # --- prompts ------------------------------------------------------------------
+    def prompt_ids(
+        self, tokenizer: Any, problem: Problem, style: PromptStyle = "chat", system_prompt: str | None = None
+    ) -> list[int]:
+        """Prompt token ids for `problem`, with this task's answer-format instruction."""
+        return build_prompt_ids(tokenizer, problem.question, style, system_prompt, self.instruction)
+
+
+class GSM8KTask(Task):
+    """Grade-school math word problems; numeric answers.
+
+    train_path / eval_path: jsonl file or hub id; None -> hub `openai/gsm8k` (train / test).
+    answer_format: where the answer is read (default "last_hash": after the last "####").
+    instruction: appended to each question; None -> the format's default, "" -> none.
+    rel_tol: tolerance for non-integer answers (integers must match exactly)."""
+
+    name = "gsm8k"
+
+    def __init__(
+        self,
+        *,
+        train_path: str | None = None,
+        eval_path: str | None = None,
+        answer_format: str = "last_hash",
+        instruction: str | None = None,
+        rel_tol: float = 1e-6,
+    ) -> None:
+        super().__init__(answer_format, instruction)
+        self.train_path, self.eval_path, self.rel_tol = train_path, eval_path, rel_tol
+
+    def _load(self, split: Split) -> list[Problem]:
+        if split == "train":
+            return load_gsm8k(self.train_path or GSM8K_HUB_ID, split="train")
+        return load_gsm8k(self.eval_path or GSM8K_HUB_ID, split="test")
+
+    def extract(self, text: str) -> str | None:
+        return extract_gsm8k_answer(text, self.answer_format)
+
+    def score_answer(self, problem: Problem, answer: str | None) -> float:
+        return 1.0 if numbers_equal(answer, problem.answer, self.rel_tol) else 0.0
+
+
+class Math500Task(Task):
+    """Competition math (MATH-500); LaTeX answers graded by math_verify.
+
+    path: MATH-500 jsonl or hub id (None -> `HuggingFaceH4/MATH-500`).
+    train_path: MATH-format training jsonl/hub id. When given, eval = all of `path` and train
+      = train_path minus any question that also occurs in eval. When None, the 500 problems
+      are split deterministically (sha256 of the id): `eval_size` for eval, the rest train,
+      so a run never trains on the problems it reports.
+    eval_size: size of that held-out part (default 100; ignored when train_path is given).
+    answer_format: default "boxed" (the last \\boxed{}); instruction as for GSM8K.
+    timeout_s: time limit for grading one answer; grader_backend: see math_answers_equal."""
+
+    name = "math500"
+
+    def __init__(
+        self,
+        *,
+        path: str | None = None,
+        train_path: str | None = None,
+        eval_size: int = 100,
+        answer_format: str = "boxed",
+        instruction: str | None = None,
+        timeout_s: float = 5.0,
+        grader_backend: GraderBackend = "auto",
+    ) -> None:
+        super().__init__(answer_format, instruction)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.path, self.train_path, self.eval_size = path or MATH500_HUB_ID, train_path, eval_size
+        self.timeout_s, self.grader_backend = timeout_s, grader_backend
+
+    def _load(self, split: Split) -> list[Problem]:
+        math500 = load_math(self.path, split="test")
+        if self.train_path is None:
+            train, evals = hash_split(math500, self.eval_size)
+            return train if split == "train" else evals
+        if split == "eval":
+            return math500
+        return drop_overlap(load_math(self.train_path, split="train"), math500)
+
+    def extract(self, text: str) -> str | None:
+        answer = extract_answer(text, self.answer_format)
+        return None if answer is None else normalize_math_answer(answer)
+
+    def score_answer(self, problem: Problem, answer: str | None) -> float:
+        ok = math_answers_equal(answer, problem.answer, timeout_s=self.timeout_s, backend=self.grader_backend)
+        return 1.0 if ok else 0.0
+
+
+class ReasoningGymTask(Task):
+    """Procedural problems from reasoning-gym, graded by the dataset's own `score_answer`.
+
+    dataset: reasoning-gym dataset name (default "chain_sum"; also e.g. basic_arithmetic,
+      products, simple_equations, gsm_symbolic); dataset_options: its config kwargs.
+    seed / eval_seed: train and eval seeds (eval default seed + 1e9; overlaps removed).
+    train_size / eval_size: how many problems to generate per split.
+    answer_format: default "last_hash"; the raw answer string (not number-normalised) is
+      passed to score_answer, as reasoning-gym answers need not be numbers.
+    partial_credit: False (default) -> reward 1.0 only when score_answer returns 1.0 (its
+      default scorer gives fractions for answers that merely contain the gold one, and some
+      datasets give 0.01 for a wrong answer); True -> the raw score in [0, 1]."""
+
+    name = "reasoning_gym"
+
+    def __init__(
+        self,
+        *,
+        dataset: str = "chain_sum",
+        dataset_options: dict[str, Any] | None = None,
+        seed: int = 0,
+        eval_seed: int | None = None,
+        train_size: int = 1000,
+        eval_size: int = 200,
+        answer_format: str = "last_hash",
+        instruction: str | None = None,
+        partial_credit: bool = False,
+    ) -> None:
+        super().__init__(answer_format, instruction)
+        import reasoning_gym
+
+        self.dataset, self.dataset_options = dataset, dict(dataset_options or {})
+        self.seed, self.eval_seed = seed, eval_seed
+        self.train_size, self.eval_size = train_size, eval_size
+        self.partial_credit = partial_credit
+        # Scorer from a config-aware instance (fails early on a bad name or option).
+        self._scorer = reasoning_gym.create_dataset(dataset, seed=seed, size=1, **self.dataset_options)
+
+    def _load(self, split: Split) -> list[Problem]:
+        train, evals = reasoning_gym_splits(
+            self.dataset,
+            train_size=self.train_size,
+            eval_size=self.eval_size,
+            seed=self.seed,
+            eval_seed=self.eval_seed,
+            options=self.dataset_options,
+        )
+        self._cache["train"], self._cache["eval"] = train, evals
+        return train if split == "train" else evals
+
+    def extract(self, text: str) -> str | None:
+        return extract_answer(text, self.answer_format)
+
+    def score_answer(self, problem: Problem, answer: str | None) -> float:
+        if answer is None:
+            return 0.0
+        score = float(self._scorer.score_answer(answer=answer, entry=problem.meta["entry"]))
+        if self.partial_credit:
+            return min(max(score, 0.0), 1.0)
+        return 1.0 if score >= 1.0 - 1e-9 else 0.0
+
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask)}
+
+
+def task_options(name: str) -> dict[str, Any]:
+    """The options task `name` accepts, with their defaults."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    params = inspect.signature(TASKS[name].__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_task(name: str, **options: Any) -> Task:
+    """Build task `name` ("gsm8k", "math500", "reasoning_gym") from keyword options.
+    Unknown names and options raise ValueError listing the valid ones."""
+    valid = task_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for task {name!r}; valid options: {sorted(valid)}")
+    return TASKS[name](**options)
