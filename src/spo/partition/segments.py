@@ -1,0 +1,105 @@
+"""Segment partition: where to cut a response into segments (SPO section 1).
+
+A response y_1..y_T (0-indexed here as tokens 0..T-1) is cut at boundaries
+    0 = t_0 < t_1 < ... < t_K = T,
+segment k (1-based) being tokens t_{k-1} .. t_k - 1. A boundary t is a *state*: the
+prompt plus the first t response tokens. Values V(t_k) are estimated at boundaries and
+segment k gets the advantage A_k = V(t_k) - V(t_{k-1}).
+
+Pure functions over plain lists of per-token probabilities (old policy, sampling
+temperature): no I/O, no engine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def cutpoints(probs: Sequence[float], rho: float) -> list[int]:
+    """Indices of tokens whose sampling probability is below `rho` (strictly).
+
+    The same rule as the probability mask (`spo.optimize.losses.probability_mask`), so the
+    cutpoints are exactly the tokens the masked loss counts."""
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    return [i for i, p in enumerate(probs) if p < rho]
+
+
+def cutpoints_from_logprobs(logprobs: Sequence[float], rho: float) -> list[int]:
+    """`cutpoints` on log-probabilities, compared as log p < log rho (no exp round-off)."""
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    log_rho = math.log(rho)
+    return [i for i, lp in enumerate(logprobs) if lp < log_rho]
+
+
+def _thin(points: list[int], max_points: int) -> list[int]:
+    """Keep `max_points` of `points`, evenly spread, first one always kept."""
+    if len(points) <= max_points:
+        return points
+    if max_points <= 0:
+        return []
+    step = len(points) / max_points
+    return [points[int(math.floor(i * step))] for i in range(max_points)]
+
+
+def cutpoint_boundaries(
+    cuts: Sequence[int], length: int, interval: int = 5, max_segments: int | None = None
+) -> list[int]:
+    """Boundaries from cutpoints: one just before every `interval`-th cutpoint.
+
+    The 1st, (1+interval)-th, (1+2*interval)-th, ... cutpoint opens a segment, so every
+    segment after the first holds `interval` low-probability tokens (the last may hold
+    fewer), and the first segment (before the first cutpoint) holds none: with the
+    probability mask it carries no loss, which is why the reference needs no V(t_0)
+    unless the first token is itself a cutpoint. A cutpoint at token 0 coincides with
+    t_0. No cutpoint at all gives one segment [0, T].
+
+    `max_segments` caps K: when there would be more, the opening cutpoints are thinned
+    evenly (every segment then holds about `len(cuts) / (max_segments - 1)` cutpoints).
+    """
+    if length < 1:
+        raise ValueError(f"a response needs at least one token, got length {length}")
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    if max_segments is not None and max_segments < 1:
+        raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
+    if any(not 0 <= c < length for c in cuts):
+        raise ValueError(f"cutpoints must lie in [0, {length}), got {list(cuts)}")
+    openers = sorted(cuts)[::interval]
+    inner = [c for c in openers if c > 0]  # a cutpoint at 0 is t_0 itself
+    if max_segments is not None:
+        inner = _thin(inner, max_segments - 1)
+    return [0, *inner, length]
+
+
+def fixed_boundaries(length: int, segment_length: int, max_segments: int | None = None) -> list[int]:
+    """A boundary every `segment_length` tokens (the last segment may be shorter).
+
+    `max_segments` caps K by merging the tail: the last segment takes what is left."""
+    if length < 1:
+        raise ValueError(f"a response needs at least one token, got length {length}")
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}")
+    inner = list(range(segment_length, length, segment_length))
+    if max_segments is not None:
+        if max_segments < 1:
+            raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
+        inner = inner[: max_segments - 1]
+    return [0, *inner, length]
+
+
+def segment_index(boundaries: Sequence[int]) -> list[int]:
+    """For each response token, the (0-based) index of the segment that holds it."""
+    out: list[int] = []
+    for k in range(len(boundaries) - 1):
+        out.extend([k] * (boundaries[k + 1] - boundaries[k]))
+    return out
+
+
+def check_boundaries(boundaries: Sequence[int], length: int) -> None:
+    """Raise ValueError unless 0 = t_0 < t_1 < ... < t_K = length."""
+    b = list(boundaries)
+    if len(b) < 2 or b[0] != 0 or b[-1] != length or any(x >= y for x, y in zip(b, b[1:])):
+        raise ValueError(f"boundaries must rise strictly from 0 to {length}, got {b}")

@@ -1,0 +1,86 @@
+"""Segment partition rules (SPO section 1), including the edge cases the spec names."""
+
+import math
+
+import pytest
+
+from spo.partition.segments import (
+    check_boundaries,
+    cutpoint_boundaries,
+    cutpoints,
+    cutpoints_from_logprobs,
+    fixed_boundaries,
+    segment_index,
+)
+
+
+def test_cutpoints_are_strictly_below_rho():
+    probs = [0.95, 0.9, 0.89, 1.0, 0.1]
+    assert cutpoints(probs, 0.9) == [2, 4]  # 0.9 itself is not a cutpoint
+    assert cutpoints_from_logprobs([math.log(p) for p in probs], 0.9) == [2, 4]
+    assert cutpoints(probs, 1.0) == [0, 1, 2, 4]
+
+
+def test_every_interval_th_cutpoint_opens_a_segment():
+    # cutpoints at 2, 4, 5, 9, 11, 12, 15; interval 3 -> openers 2, 9, 15
+    assert cutpoint_boundaries([2, 4, 5, 9, 11, 12, 15], 20, interval=3) == [0, 2, 9, 15, 20]
+    assert cutpoint_boundaries([2, 4, 5, 9], 20, interval=1) == [0, 2, 4, 5, 9, 20]
+
+
+def test_no_cutpoint_gives_one_segment():
+    assert cutpoint_boundaries([], 7, interval=5) == [0, 7]
+
+
+def test_cutpoint_at_first_token_is_t0():
+    assert cutpoint_boundaries([0, 3, 4], 6, interval=2) == [0, 4, 6]
+    assert cutpoint_boundaries([0], 1, interval=1) == [0, 1]
+
+
+def test_cutpoint_at_last_token():
+    # the boundary just before the last token leaves a one-token final segment
+    assert cutpoint_boundaries([5], 6, interval=1) == [0, 5, 6]
+
+
+def test_length_one_response():
+    assert cutpoint_boundaries([], 1) == [0, 1]
+    assert fixed_boundaries(1, 4) == [0, 1]
+
+
+def test_segment_cap_thins_evenly():
+    cuts = list(range(1, 21))  # 20 cutpoints, interval 1 -> 21 segments uncapped
+    b = cutpoint_boundaries(cuts, 30, interval=1, max_segments=5)
+    assert len(b) - 1 == 5
+    assert b == [0, 1, 6, 11, 16, 30]
+    check_boundaries(b, 30)
+
+
+def test_fixed_length_boundaries():
+    assert fixed_boundaries(10, 3) == [0, 3, 6, 9, 10]
+    assert fixed_boundaries(9, 3) == [0, 3, 6, 9]
+    assert fixed_boundaries(10, 3, max_segments=2) == [0, 3, 10]
+
+
+def test_segment_index():
+    assert segment_index([0, 2, 5, 6]) == [0, 0, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("bad", [[0, 0, 3], [1, 3], [0, 2], [0, 3, 2, 3], [0]])
+def test_check_boundaries_rejects(bad):
+    with pytest.raises(ValueError):
+        check_boundaries(bad, 3)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: cutpoint_boundaries([1], 0),
+        lambda: cutpoint_boundaries([1], 5, interval=0),
+        lambda: cutpoint_boundaries([5], 5),
+        lambda: cutpoint_boundaries([1], 5, max_segments=0),
+        lambda: fixed_boundaries(5, 0),
+        lambda: cutpoints([0.5], 0.0),
+    ],
+)
+def test_bad_arguments_raise(call):
+    with pytest.raises(ValueError):
+        call()
