@@ -104,3 +104,10 @@ def test_resolve_preset_by_name_and_path():
 def test_cli_reports_config_errors(capsys):
     assert main(["train", "--config", "smoke", "optim.lr=abc"]) == 2
     assert "optim.lr: expected a number" in capsys.readouterr().err
+
+
+def test_config_doc_is_current(capsys):
+    doc = Path(__file__).parents[1] / "docs" / "config.md"
+    main(["options", "--markdown"])
+    table = capsys.readouterr().out
+    assert table.strip() in doc.read_text(), "docs/config.md is stale: regenerate it with `spo options --markdown`"
