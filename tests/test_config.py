@@ -30,6 +30,13 @@ def test_overrides_parse_yaml_values():
     assert cfg.algorithm.clip_eps_high is None
 
 
+def test_override_replaces_a_dict_option_but_dotted_keys_merge():
+    base = {"model": {"config_overrides": {"num_hidden_layers": 2}}, "task": {"options": {"dataset": "products"}}}
+    cfg = build_config(base, ["model.config_overrides={}", "task.options.seed=3"])
+    assert cfg.model.config_overrides == {}
+    assert cfg.task.options == {"dataset": "products", "seed": 3}
+
+
 def test_override_beats_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("iterations: 5\noptim:\n  lr: 0.001\n")

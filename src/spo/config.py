@@ -336,18 +336,21 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return obj
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
+def set_path(data: dict, dotted: str, value: Any) -> dict:
+    """Copy of `data` with `data[a][b][c] = value` for `a.b.c`; the leaf is replaced, not merged
+    (so `model.config_overrides={}` clears it, while `task.options.seed=3` changes one key)."""
+    head, _, rest = dotted.partition(".")
+    out = dict(data)
+    if rest:
+        inner = out.get(head)
+        out[head] = set_path(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
     return out
 
 
-def parse_override(text: str) -> dict:
-    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; value parsed as YAML."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", value), the value parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
@@ -358,10 +361,7 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
-    out: dict = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
+    return key, value
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -381,7 +381,7 @@ def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConf
     """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
     merged = dict(data or {})
     for text in overrides:
-        merged = _deep_merge(merged, parse_override(text))
+        merged = set_path(merged, *parse_override(text))
     cfg = _from_dict(RunConfig, merged)
     _check_ranges(cfg)
     return cfg
