@@ -159,7 +159,7 @@ def test_seeded_sampling_reproducible(engine, contexts):
     a = engine.generate(contexts, p, n=4)
     b = engine.generate(contexts, p, n=4)
     assert _ids(a) == _ids(b)
-    c = engine.generate(contexts, SamplingParams(max_new_tokens=8, temperature=1.0, top_k=50, seed=7), n=4)
+    c = engine.generate(contexts, SamplingParams(max_new_tokens=8, top_k=50, seed=7), n=4)
     assert _ids(a) != _ids(c)
     # the n samples of one context differ from each other
     assert len({tuple(r.response_ids) for r in a[0]}) > 1
@@ -260,8 +260,8 @@ def test_prealloc_layer_grows_and_selects():
 
 def test_top_k_one_and_tiny_top_p_are_greedy(engine, contexts):
     greedy = engine.generate(contexts, SamplingParams(max_new_tokens=8, temperature=0))
-    k1 = engine.generate(contexts, SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1, seed=5))
-    p0 = engine.generate(contexts, SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=5))
+    k1 = engine.generate(contexts, SamplingParams(max_new_tokens=8, top_k=1, seed=5))
+    p0 = engine.generate(contexts, SamplingParams(max_new_tokens=8, top_p=1e-6, seed=5))
     assert _ids(k1) == _ids(greedy) == _ids(p0)
     # logprobs stay those of the untruncated T=1 distribution
     for a, b in zip(greedy, k1):
@@ -311,6 +311,11 @@ def test_training_mode_restored_and_no_grad_state(make_tiny_model, tokenizer, co
     eng.generate(contexts[:1], SamplingParams(max_new_tokens=2, seed=0))
     assert not model.training
     eng.sync_weights()  # no-op
+    # generation under inference_mode leaves nothing that breaks a later backward
+    model.train()
+    tl = compute_logprobs(model, contexts[:2], [[5, 6], [7]])
+    tl.logprobs.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_empty_context_rejected(engine):
@@ -353,7 +358,8 @@ def test_smollm2_engine_sane(tokenizer):
     ref_ids = ref[0, len(ctx) :].tolist()
     assert out.response_ids == ref_ids[: len(out.response_ids)]
     assert "4" in tokenizer.decode(out.response_ids)
-    sampled = eng.generate([ctx], SamplingParams(max_new_tokens=24, temperature=0.7, seed=0), n=2)[0]
+    params = SamplingParams(max_new_tokens=24, temperature=0.7, seed=0)
+    sampled = eng.generate([ctx], params, n=2)[0]
     with torch.no_grad():
         tl = compute_logprobs(
             model, [ctx] * 2, [r.response_ids for r in sampled], temperature=0.7

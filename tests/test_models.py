@@ -126,13 +126,14 @@ def test_tiny_model_param_count(tiny_model):
 
 def test_random_init_with_overrides(tiny_model_dir):
     over = dict(num_hidden_layers=3, intermediate_size=96, tie_word_embeddings=True)
-    m = load_policy(tiny_model_dir, random_init=True, config_overrides=over, seed=0, dtype="float32")
+    kw = dict(random_init=True, config_overrides=over, dtype="float32")
+    m = load_policy(tiny_model_dir, seed=0, **kw)
     assert m.config.num_hidden_layers == 3
     assert num_parameters(m) == llama_params(49152, 64, 96, 3, 4, 2, tied=True)
     assert m.training and m.dtype == torch.float32
     # same seed -> same weights; different seed -> different
-    m2 = load_policy(tiny_model_dir, random_init=True, config_overrides=over, seed=0, dtype="float32")
-    m3 = load_policy(tiny_model_dir, random_init=True, config_overrides=over, seed=1, dtype="float32")
+    m2 = load_policy(tiny_model_dir, seed=0, **kw)
+    m3 = load_policy(tiny_model_dir, seed=1, **kw)
     w = lambda mod: mod.model.layers[0].mlp.up_proj.weight  # noqa: E731
     assert torch.equal(w(m), w(m2)) and not torch.equal(w(m), w(m3))
 

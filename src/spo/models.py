@@ -192,7 +192,9 @@ def convert_gguf_model(
         log.warning("spo: [1/3] tokenizer from GGUF")
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         log.warning("spo: [2/3] model from GGUF (dequantizing)")
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
         cfg_dict = gguf_model.config.to_dict()
         cfg_dict.pop("quantization_config", None)
         cfg_dict.pop("_name_or_path", None)
@@ -373,7 +375,9 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL, config_overrides: dict | None = None):
+def load_config(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL, config_overrides: dict | None = None
+):
     """The model's config (an alias is converted first), with ``config_overrides`` applied."""
     from transformers import AutoConfig
 
@@ -434,13 +438,14 @@ def load_policy(
     _fix_head_dim(config, config_overrides)
     torch_dtype = resolve_dtype(dtype, config, dev)
     t0 = time.perf_counter()
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with _seeded(seed):
         if random_init:
-            kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **kw)
         else:
-            kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, **kw)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, config=config, dtype=torch_dtype, **kw
+            )
         model.to(dev)
         if lora is not None:
             model = apply_lora(model, lora)

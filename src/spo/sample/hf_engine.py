@@ -37,7 +37,14 @@ from spo.sample.engine import FinishReason, Rollout, SamplingParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFEngine", "TokenLogprobs", "compute_logprobs", "default_stop_token_ids"]
+__all__ = [
+    "EngineStats",
+    "HFEngine",
+    "PreallocLayer",
+    "TokenLogprobs",
+    "compute_logprobs",
+    "default_stop_token_ids",
+]
 
 # Top-p is first tried on this many highest-probability candidates (exact whenever
 # they already hold top_p of the mass, which is almost always); else a full sort.
@@ -113,6 +120,8 @@ class HFEngine:
         pad_token_id: id written in padding (any valid id; it is masked out).
         prealloc_cache: write the KV cache into preallocated buffers instead of
             transformers' concatenating DynamicLayer (same results, less copying).
+
+    After each call, ``last_stats`` (:class:`EngineStats`) holds token counts and time.
     """
 
     def __init__(
@@ -354,7 +363,8 @@ def _make_cache(config, capacity: int) -> DynamicCache:
     cache = DynamicCache(config=config)
     if cache.layers:
         cache.layers = [
-            PreallocLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers
+            PreallocLayer(capacity) if type(layer) is DynamicLayer else layer
+            for layer in cache.layers
         ]
     else:  # layers created lazily
         cache.layer_class_to_replicate = functools.partial(PreallocLayer, capacity)
