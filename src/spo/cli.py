@@ -9,6 +9,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: spinning OpenMP threads stall badly when cores are shared
+# (several processes under accelerate, or a busy laptop).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import logging

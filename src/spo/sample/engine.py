@@ -8,7 +8,7 @@ them. This is what lets SPO continue from the exact prefix a response was cut at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Sequence
 
 FinishReason = Literal["eos", "length"]
 
@@ -49,9 +49,15 @@ class RolloutEngine(Protocol):
     """What the trainer and SPO estimators need from a generation backend."""
 
     def generate(
-        self, contexts: list[list[int]], params: SamplingParams, n: int = 1
+        self,
+        contexts: list[list[int]],
+        params: SamplingParams,
+        n: int = 1,
+        max_new_tokens: Sequence[int] | None = None,
     ) -> list[list[Rollout]]:
         """Sample `n` continuations of each context; result[i] has n rollouts of contexts[i].
+
+        `max_new_tokens[i]`, when given, replaces `params.max_new_tokens` for context i.
 
         Engines should encode each distinct context once and share it across its n
         samples (prefix / KV-cache reuse)."""

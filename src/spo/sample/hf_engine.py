@@ -160,9 +160,17 @@ class HFEngine:
         """No-op: the engine samples from the trainer's model object itself."""
 
     def generate(
-        self, contexts: list[list[int]], params: SamplingParams, n: int = 1
+        self,
+        contexts: list[list[int]],
+        params: SamplingParams,
+        n: int = 1,
+        max_new_tokens: Sequence[int] | None = None,
     ) -> list[list[Rollout]]:
         """Sample ``n`` continuations of each context (see RolloutEngine.generate).
+
+        ``max_new_tokens[i]``, when given, caps context i instead of
+        ``params.max_new_tokens`` (SPO continues a partial response within what is left
+        of the response budget).
 
         Identical contexts (also across the list) are prefilled once. With
         ``params.seed`` set, the same call (same contexts, n, params, batch_size)
@@ -179,12 +187,15 @@ class HFEngine:
         out: list[list[Rollout | None]] = [[None] * n for _ in contexts]
 
         # distinct contexts -> slots
-        by_ctx: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        if max_new_tokens is not None and len(max_new_tokens) != len(contexts):
+            raise ValueError(f"{len(contexts)} contexts but {len(max_new_tokens)} max_new_tokens")
+        by_ctx: dict[tuple[tuple[int, ...], int], list[tuple[int, int]]] = {}
         for i, c in enumerate(contexts):
-            by_ctx.setdefault(tuple(int(t) for t in c), []).extend((i, j) for j in range(n))
+            cap = params.max_new_tokens if max_new_tokens is None else int(max_new_tokens[i])
+            by_ctx.setdefault((tuple(int(t) for t in c), cap), []).extend((i, j) for j in range(n))
         jobs: list[_Job] = []
-        for key, slots in by_ctx.items():
-            budget = params.max_new_tokens
+        for (key, cap), slots in by_ctx.items():
+            budget = cap
             if self.max_context is not None:
                 budget = min(budget, self.max_context - len(key))
             if budget <= 0:
