@@ -110,8 +110,25 @@ class AlgorithmConfig:
     """Weight of the k3 KL(pi || ref) loss term; 0 loads no reference model."""
     prob_mask: bool = False
     """Count only tokens whose old probability is below `mask_rho` in the loss (SPO's mask)."""
-    mask_rho: float = 0.9
-    """Probability threshold of the mask."""
+    mask_rho: float | None = None
+    """Probability threshold of the mask (null = the partition's `rho`)."""
+    partition: Literal["cutpoint", "fixed"] = "cutpoint"
+    """SPO segment rule: a boundary before every `interval`-th token whose old probability is
+    below `rho` (cutpoint), or every `segment_length` tokens (fixed)."""
+    rho: float = 0.9
+    """Cutpoint threshold: tokens sampled with probability below it are cutpoints (hard-coded
+    0.9 in the reference)."""
+    interval: int = 5
+    """Cutpoints per segment (the paper's GSM8K run uses 5)."""
+    segment_length: int = 30
+    """Tokens per segment for the fixed partition."""
+    max_segments: int | None = None
+    """Cap on segments per response (null = no cap); the cutpoint rule then thins its
+    boundaries evenly, the fixed rule merges the tail."""
+    mc_samples: int = 9
+    """SPO-chain: continuations sampled per boundary to estimate its value (N)."""
+    start_value: Literal["group_mean", "mc"] = "group_mean"
+    """SPO-chain: V(t_0), the prompt's value, from the mean reward of its G responses, or by MC."""
     whiten: Literal["none", "global", "micro_batch"] = "none"
     """Whiten token advantages over counted tokens of the whole batch, of each micro-batch, or not."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
@@ -206,7 +223,12 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
     need(a.clip_eps_high is None or a.clip_eps_high > 0, "algorithm.clip_eps_high", "must be > 0")
     need(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
-    need(0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
+    need(a.mask_rho is None or 0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
+    need(0 < a.rho <= 1, "algorithm.rho", f"must be in (0, 1], got {a.rho}")
+    need(a.interval >= 1, "algorithm.interval", "must be >= 1")
+    need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
+    need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
+    need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
     need(a.epochs >= 1, "algorithm.epochs", "must be >= 1")
     need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
     need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")

@@ -22,6 +22,7 @@ import torch
 from accelerate.utils import gather_object
 
 from spo.config import RunConfig, save_config, to_dict
+from spo.estimate.chain_values import estimate_chain_values
 from spo.estimate.registry import EstimatorInputs, get_estimator
 from spo.evaluate.evaluator import evaluate
 from spo.models import load_policy, load_reference, load_tokenizer
@@ -32,7 +33,8 @@ from spo.optimize.losses import (
     ppo_clip_loss,
     probability_mask,
 )
-from spo.sample.engine import Rollout, SamplingParams
+from spo.partition.segments import cutpoint_boundaries, cutpoints_from_logprobs, fixed_boundaries
+from spo.sample.engine import SamplingParams
 from spo.sample.hf_engine import HFEngine, compute_logprobs
 from spo.tasks.problems import Problem
 from spo.tasks.registry import Task, build_task
@@ -63,9 +65,11 @@ class Episode:
     text: str = ""
     advantages: list[float] = field(default_factory=list)  # before whitening
     loss_mask: list[int] = field(default_factory=list)
+    segments: dict[str, list] = field(default_factory=dict)  # SPO: boundaries, values, ...
 
     def log_record(self) -> dict[str, Any]:
         return {
+            **self.segments,
             "problem_index": self.problem_index,
             "group_id": self.group_id,
             "prompt_ids": self.prompt_ids,
@@ -127,6 +131,13 @@ class Trainer:
         self.eval_problems: list[Problem] = self.task.problems("eval", cfg.task.eval_limit)
         if not self.train_problems:
             raise ValueError(f"task {cfg.task.name!r} has no training problems")
+        wants_eval = cfg.eval.at_start or cfg.eval.at_end or cfg.eval.every > 0
+        if wants_eval and not self.eval_problems:
+            raise ValueError(
+                f"task {cfg.task.name!r} has no held-out problems left (for reasoning-gym, eval items that also "
+                "appear in train are dropped: a tiny problem space can leave none); enlarge the task, shrink "
+                "train_size, or set eval.at_start=false eval.at_end=false eval.every=0"
+            )
 
         # --- models
         m = cfg.model
@@ -205,10 +216,7 @@ class Trainer:
         indices = iteration_prompts(len(self.train_problems), cfg.sampling.prompts_per_iteration, it, cfg.seed)
         local = indices[self.rank :: self.world]
         contexts = [self._prompt_ids(i) for i in local]
-        params = SamplingParams(
-            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k, seed=sampling_seed(cfg.seed, it, self.rank),
-        )
+        params = self._sampling_params(sampling_seed(cfg.seed, it, self.rank))
         with progress.phase(f"iter {it + 1} sample", total=None):
             rollouts = self.engine.generate(contexts, params, n=cfg.sampling.group_size)
         episodes = [
@@ -230,7 +238,8 @@ class Trainer:
         t0 = time.perf_counter()
         if cfg.algorithm.old_logprobs == "recompute":
             self._recompute_old_logprobs(episodes)
-        advantages = self._estimate(episodes)
+        self.mc_stats = {}
+        advantages = self._estimate(episodes, it)
         timings["estimate"] = time.perf_counter() - t0
 
         # 4. optimize
@@ -255,7 +264,41 @@ class Trainer:
             )
         return self.prompt_cache[index]
 
-    def _estimate(self, episodes: list[Episode]) -> torch.Tensor:
+    def _boundaries(self, episode: Episode) -> tuple[list[int], list[int]]:
+        """(boundaries, cutpoints) of one response under the configured partition rule."""
+        a = self.cfg.algorithm
+        cuts = cutpoints_from_logprobs(episode.logprobs, a.rho)
+        if a.partition == "fixed":
+            return fixed_boundaries(len(episode.response_ids), a.segment_length, a.max_segments), cuts
+        return cutpoint_boundaries(cuts, len(episode.response_ids), a.interval, a.max_segments), cuts
+
+    def _chain_values(self, episodes: list[Episode], it: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """SPO-chain: partition every response, then MC values at its boundaries."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        parts = [self._boundaries(e) for e in episodes]
+        boundaries = [b for b, _ in parts]
+
+        def score(i: int, response_ids: list[int], truncated: bool) -> float:
+            text = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+            return self.task.reward(self.train_problems[episodes[i].problem_index], text, truncated)
+
+        params = self._sampling_params(sampling_seed(cfg.seed, it, self.rank, salt=7))
+        chain = estimate_chain_values(
+            self.engine, [e.prompt_ids for e in episodes], [e.response_ids for e in episodes],
+            [e.reward for e in episodes], [e.group_id for e in episodes], boundaries, score,
+            num_samples=a.mc_samples, params=params, start_value=a.start_value,
+        )
+        for e, (b, cuts), v, n in zip(episodes, parts, chain.values, chain.value_samples):
+            e.segments = {"boundaries": b, "values": v, "value_samples": n, "cutpoints": cuts}
+        self.mc_stats = {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens}
+        return boundaries, [torch.tensor(v, dtype=torch.float32) for v in chain.values]
+
+    def _sampling_params(self, seed: int) -> SamplingParams:
+        s = self.cfg.sampling
+        return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                              top_p=s.top_p, top_k=s.top_k, seed=seed)
+
+    def _estimate(self, episodes: list[Episode], it: int) -> torch.Tensor:
         a = self.cfg.algorithm
         width = max(len(e.response_ids) for e in episodes)
         response_mask = pad_rows([[1.0] * len(e.response_ids) for e in episodes], width)
@@ -264,10 +307,12 @@ class Trainer:
             group_ids=torch.tensor([e.group_id for e in episodes], dtype=torch.long),
             response_mask=response_mask,
         )
+        if getattr(self.estimator, "needs_chain_values", False):
+            inputs.boundaries, inputs.values = self._chain_values(episodes, it)
         options = {"scale_by_std": a.scale_by_std} if a.estimator == "grpo" else {}
         advantages = self.estimator(inputs, **options)
         old_logprobs = pad_rows([e.logprobs for e in episodes], width)
-        rho = a.mask_rho if a.prob_mask else None
+        rho = (a.mask_rho if a.mask_rho is not None else a.rho) if a.prob_mask else None
         loss_mask = probability_mask(old_logprobs, response_mask, rho)
         for i, e in enumerate(episodes):
             n = len(e.response_ids)
@@ -410,6 +455,9 @@ class Trainer:
             "episodes": len(rows),
         }
         record.update(stats)
+        for key, value in self.mc_stats.items():  # SPO-chain's MC work, all processes
+            record[key] = self._global_sum(value)
+        record["tokens_generated_total"] = record["tokens_generated"] + record.get("mc_tokens", 0)
         record.update({f"time_{k}": v for k, v in timings.items()})
         record["time_total"] = sum(timings.values())
         return record
