@@ -31,10 +31,6 @@ def segment_advantages(boundaries: list[int], values: Tensor | list[float]) -> l
     return out
 
 
-# The trainer estimates boundary values by MC (spo.estimate.chain_values) before calling it.
-spo_chain.needs_chain_values = True  # type: ignore[attr-defined]
-
-
 @register_estimator("spo_chain")
 def spo_chain(inputs: EstimatorInputs) -> Tensor:
     """SPO-chain token advantages [B, T] from `inputs.boundaries` and `inputs.values`."""
@@ -49,6 +45,7 @@ def spo_chain(inputs: EstimatorInputs) -> Tensor:
         if n:
             out[i, :n] = torch.tensor(segment_advantages(b, v), dtype=torch.float32, device=mask.device)
     return out
+
 
 
 # The trainer estimates boundary values by MC (spo.estimate.chain_values) before calling it.
