@@ -383,7 +383,7 @@ def run_trl(cfg, iterations: int = 1, warmup: bool = True) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spo.models import load_policy, load_reference, load_tokenizer
+    from spo.models import load_policy_from_config, load_reference, load_tokenizer
     from spo.tasks.registry import build_task
 
     out: dict[str, Any] = {"framework": "trl", "versions": {"trl": trl.__version__,
@@ -406,15 +406,7 @@ def run_trl(cfg, iterations: int = 1, warmup: bool = True) -> dict[str, Any]:
         print(f"[bench] WARNING: TRL's prompt ids differ from spo's for problems {mismatched[:5]}", flush=True)
     dataset = datasets.Dataset.from_list(rows)
 
-    lora = None
-    if m.lora.enabled:
-        lora = {"r": m.lora.r, "lora_alpha": m.lora.alpha, "lora_dropout": m.lora.dropout,
-                "target_modules": list(m.lora.target_modules)}
-    model = load_policy(m.name_or_path, dtype=m.dtype, random_init=m.random_init,
-                        config_overrides=m.config_overrides or None, lora=lora, seed=cfg.seed,
-                        device="cuda" if torch.cuda.is_available() else "cpu")
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = load_policy_from_config(m, seed=cfg.seed, device="cuda" if torch.cuda.is_available() else "cpu")
 
     max_len = cfg.sampling.max_new_tokens
     timer = _Timer()

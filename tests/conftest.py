@@ -126,3 +126,33 @@ def chat_prompts(tokenizer):
             ids = ids["input_ids"]
         out.append([int(t) for t in ids])
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Helpers for the resume tests (plain functions: `from conftest import ...`).
+
+def resume_after_crash(run_dir, tmp_path, last_good: int):
+    """Copy a finished run, drop every checkpoint after `last_good` (as if the process had
+    died right after saving it), resume it with `spo train --resume`; return the copy."""
+    import shutil
+
+    from spo.cli import main
+
+    crashed = tmp_path / "crashed"
+    shutil.copytree(run_dir, crashed)
+    for ckpt in (crashed / "checkpoints").glob("iter_*"):
+        if int(ckpt.name.split("_")[1]) > last_good:
+            shutil.rmtree(ckpt)
+    (crashed / "checkpoints" / "latest").write_text(f"iter_{last_good:06d}\n")
+    assert main(["train", "--resume", str(crashed)]) == 0
+    return crashed
+
+
+def assert_same_metrics(rows_a, rows_b):
+    """Every metric but wall-clock times equal (to float round-off), line by line."""
+    assert [r["iteration"] for r in rows_a] == [r["iteration"] for r in rows_b]
+    for a, b in zip(rows_a, rows_b):
+        assert a.keys() == b.keys()
+        for k in a:
+            if not k.startswith("time_"):
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["iteration"], k)

@@ -21,13 +21,7 @@ from spo.models import (
     resolve_model_path,
 )
 
-TINY = dict(
-    num_hidden_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
+from conftest import TINY_OVERRIDES as TINY
 
 
 def llama_params(V, H, I, layers, heads, kv, tied):

@@ -2,9 +2,9 @@
 
 import json
 import math
-import shutil
 
 import pytest
+from conftest import assert_same_metrics, resume_after_crash
 
 from spo.cli import main
 from spo.partition.segments import cutpoint_boundaries, cutpoints_from_logprobs
@@ -66,14 +66,7 @@ def test_mc_work_is_logged(chain_run):
 
 
 def test_spo_chain_resume_matches(chain_run, tmp_path):
-    crashed = tmp_path / "crashed"
-    shutil.copytree(chain_run, crashed)
-    shutil.rmtree(crashed / "checkpoints" / "iter_000002")
-    (crashed / "checkpoints" / "latest").write_text("iter_000001\n")
-    assert main(["train", "--resume", str(crashed)]) == 0
-    for a, b in zip(read_metrics(chain_run), read_metrics(crashed)):
-        for k in a:
-            if not k.startswith("time_"):
-                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    crashed = resume_after_crash(chain_run, tmp_path, last_good=1)
+    assert_same_metrics(read_metrics(chain_run), read_metrics(crashed))
     assert episodes(chain_run, 2) == episodes(crashed, 2)
     assert latest_checkpoint(crashed).name == "iter_000002"

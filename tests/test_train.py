@@ -2,13 +2,13 @@
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_metrics, resume_after_crash
 
 from spo.cli import main
 from spo.train.checkpoint import latest_checkpoint
@@ -65,24 +65,10 @@ def test_checkpoint_loads_with_plain_transformers(smoke_run):
     assert model(ids).logits.shape[-1] == model.config.vocab_size
 
 
-def _comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith("time_")}
-
-
 def test_resume_gives_the_same_metrics(smoke_run, tmp_path):
-    # Simulate a crash right after iteration 2's checkpoint: drop iteration 3's.
-    crashed = tmp_path / "crashed"
-    shutil.copytree(smoke_run, crashed)
-    shutil.rmtree(crashed / "checkpoints" / "iter_000003")
-    (crashed / "checkpoints" / "latest").write_text("iter_000002\n")
-    assert main(["train", "--resume", str(crashed)]) == 0
-    full, resumed = read_metrics(smoke_run), read_metrics(crashed)
-    assert [r["iteration"] for r in resumed] == [1, 2, 3]
-    for a, b in zip(full, resumed):
-        ca, cb = _comparable(a), _comparable(b)
-        assert ca.keys() == cb.keys()
-        for k in ca:
-            assert ca[k] == pytest.approx(cb[k], rel=1e-5, abs=1e-7), (a["iteration"], k)
+    # as if the process had died right after iteration 2's checkpoint
+    crashed = resume_after_crash(smoke_run, tmp_path, last_good=2)
+    assert_same_metrics(read_metrics(smoke_run), read_metrics(crashed))
     ep_full = (smoke_run / "episodes" / "iter_000003.jsonl").read_text()
     ep_resumed = (crashed / "episodes" / "iter_000003.jsonl").read_text()
     assert [json.loads(x)["response_ids"] for x in ep_full.splitlines()] == [
@@ -131,3 +117,44 @@ def test_two_process_accelerate_run(tmp_path):
     lines = (out / "episodes" / "iter_000001.jsonl").read_text().splitlines()
     assert len(lines) == 16
     assert latest_checkpoint(out) is not None
+
+
+def test_spo_eval_on_a_run_folder(smoke_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(smoke_run), "--samples", "3", "--temperature", "1.0", "--limit", "4",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pass@3" in printed and "maj@3" in printed
+    result = json.loads(out.read_text())
+    assert result["samples"] == 3 and len(result["problems"]) == 4
+    assert all(len(p["correct"]) == 3 for p in result["problems"])
+    assert 0.0 <= result["summary"]["accuracy"] <= result["summary"]["pass@3"] <= 1.0
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "reinforce"])
+def test_other_estimators_train(tmp_path, estimator):
+    assert run_train(tmp_path, "iterations=1", f"algorithm.estimator={estimator}", "eval.at_end=false") == 0
+    assert read_metrics(tmp_path)[0]["episodes"] == 16
+
+
+def test_lora_run_saves_loadable_merged_weights_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert run_train(run, "iterations=2", "save_every=1", "model.lora.enabled=true", "model.lora.r=4",
+                     "eval.at_end=false") == 0
+    ckpt = latest_checkpoint(run)
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(ckpt / "model")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    crashed = resume_after_crash(run, tmp_path, last_good=1)
+    assert_same_metrics(read_metrics(run), read_metrics(crashed))
+
+
+def test_malformed_data_row_is_reported_with_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "oops"\n')
+    args = ["task.name=gsm8k", f"task.options={{train_path: {bad}, eval_path: {bad}}}", "task.prompt_format=plain"]
+    assert run_train(tmp_path / "run", *args) == 2
+    err = capsys.readouterr().err
+    assert "data error" in err and f"{bad}:2" in err

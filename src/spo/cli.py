@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from spo.config import ConfigError, RunConfig, build_config, describe_options, load_yaml
+from spo.tasks.problems import DataError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "demo"
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as err:
         print(f"spo: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"spo: data error: {err}", file=sys.stderr)
         return 2
 
 

@@ -48,7 +48,7 @@ class ModelConfig:
     tokenizer: str | None = None
     """Tokenizer id/folder when it differs from the model's."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Weights dtype. `auto`: bfloat16 (faster on this kind of CPU and on GPUs)."""
+    """Weights dtype. `auto`: bfloat16 on GPUs and on CPUs with native bf16, else float32."""
     random_init: bool = False
     """Build the architecture from `name_or_path`'s config with random weights (tests, smoke runs)."""
     config_overrides: dict[str, Any] = field(default_factory=dict)

@@ -461,6 +461,19 @@ def load_policy(
     return model
 
 
+def load_policy_from_config(model_cfg, *, seed: int | None = None, device=None):
+    """`load_policy` driven by a `spo.config.ModelConfig` (LoRA and checkpointing included)."""
+    lora = None
+    if model_cfg.lora.enabled:
+        lora = {"r": model_cfg.lora.r, "lora_alpha": model_cfg.lora.alpha,
+                "lora_dropout": model_cfg.lora.dropout, "target_modules": list(model_cfg.lora.target_modules)}
+    model = load_policy(model_cfg.name_or_path, dtype=model_cfg.dtype, random_init=model_cfg.random_init,
+                        config_overrides=model_cfg.config_overrides or None, lora=lora, seed=seed, device=device)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
 def apply_lora(model, lora: dict | None = None):
     """Wrap ``model`` with peft LoRA adapters (options merged over DEFAULT_LORA)."""
     from peft import LoraConfig, TaskType, get_peft_model

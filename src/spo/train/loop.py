@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
-from spo.config import RunConfig, save_config, to_dict
+from spo.config import ConfigError, RunConfig, save_config, to_dict
 from spo.estimate.chain_values import estimate_chain_values
 from spo.estimate.registry import EstimatorInputs, get_estimator
 from spo.evaluate.evaluator import evaluate
-from spo.models import load_policy, load_reference, load_tokenizer
+from spo.models import load_policy_from_config, load_reference, load_tokenizer
 from spo.optimize.losses import (
     aggregate_loss,
     kl_k3,
@@ -83,6 +83,25 @@ class Episode:
         }
 
 
+class _RunningMeans:
+    """Weighted means of per-micro-batch statistics (weights: counted tokens)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, key: str, value: float, weight: float = 1.0) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value * weight
+        self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def add_all(self, values: dict[str, float], weight: float) -> None:
+        for k, v in values.items():
+            self.add(k, v, weight)
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+
+
 def pad_rows(rows: list[list[float]], width: int, value: float = 0.0, dtype=torch.float32) -> torch.Tensor:
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, r in enumerate(rows):
@@ -133,7 +152,7 @@ class Trainer:
             raise ValueError(f"task {cfg.task.name!r} has no training problems")
         wants_eval = cfg.eval.at_start or cfg.eval.at_end or cfg.eval.every > 0
         if wants_eval and not self.eval_problems:
-            raise ValueError(
+            raise ConfigError(
                 f"task {cfg.task.name!r} has no held-out problems left (for reasoning-gym, eval items that also "
                 "appear in train are dropped: a tiny problem space can leave none); enlarge the task, shrink "
                 "train_size, or set eval.at_start=false eval.at_end=false eval.every=0"
@@ -142,15 +161,7 @@ class Trainer:
         # --- models
         m = cfg.model
         self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path)
-        lora = None
-        if m.lora.enabled:
-            lora = {"r": m.lora.r, "lora_alpha": m.lora.alpha, "lora_dropout": m.lora.dropout,
-                    "target_modules": list(m.lora.target_modules)}
-        policy = load_policy(m.name_or_path, dtype=m.dtype, random_init=m.random_init,
-                             config_overrides=m.config_overrides or None, lora=lora, seed=cfg.seed,
-                             device=self.acc.device)
-        if m.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+        policy = load_policy_from_config(m, seed=cfg.seed, device=self.acc.device)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:
             # A copy of the initial policy (LoRA: the base weights), frozen.
@@ -181,7 +192,7 @@ class Trainer:
         for key, value in [("sampling.prompts_per_iteration", c.sampling.prompts_per_iteration),
                            ("algorithm.mini_batch_size", c.algorithm.mini_batch_size)]:
             if value % w:
-                raise ValueError(f"{key}={value} must be divisible by the number of processes ({w})")
+                raise ConfigError(f"{key}={value} must be divisible by the number of processes ({w})")
 
     # ------------------------------------------------------------------ main loop
 
@@ -219,10 +230,12 @@ class Trainer:
         params = self._sampling_params(sampling_seed(cfg.seed, it, self.rank))
         with progress.phase(f"iter {it + 1} sample", total=None):
             rollouts = self.engine.generate(contexts, params, n=cfg.sampling.group_size)
+        # group id: the prompt's position in the iteration, unique even if a problem repeats
+        group_ids = range(self.rank, len(indices), self.world)
         episodes = [
-            Episode(problem_index=pi, group_id=pi, prompt_ids=r.context_ids, response_ids=r.response_ids,
+            Episode(problem_index=pi, group_id=gid, prompt_ids=r.context_ids, response_ids=r.response_ids,
                     logprobs=r.logprobs, finish_reason=r.finish_reason)
-            for pi, group in zip(local, rollouts) for r in group
+            for pi, gid, group in zip(local, group_ids, rollouts) for r in group
         ]
         timings["sample"] = time.perf_counter() - t0
 
@@ -244,7 +257,7 @@ class Trainer:
 
         # 4. optimize
         t0 = time.perf_counter()
-        stats = self._optimize(episodes, it)
+        stats = self._optimize(episodes, it, progress)
         timings["optimize"] = time.perf_counter() - t0
 
         # 5. log
@@ -336,7 +349,7 @@ class Trainer:
         t = torch.tensor([float(value)], device=self.acc.device)
         return float(self.acc.reduce(t, reduction="sum").item()) if self.world > 1 else float(value)
 
-    def _optimize(self, episodes: list[Episode], it: int) -> dict[str, float]:
+    def _optimize(self, episodes: list[Episode], it: int, progress: Progress) -> dict[str, float]:
         """PPO-clip epochs over mini-batches of this iteration's episodes."""
         cfg, a = self.cfg, self.cfg.algorithm
         n = len(episodes)
@@ -352,50 +365,52 @@ class Trainer:
             var = max(s2 / max(c, 1.0) - mean * mean, 0.0)
             adv = (adv - mean) / math.sqrt(var + 1e-8) * mask
 
-        sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
-
-        def add(key: str, value: float, weight: float = 1.0) -> None:
-            sums[key] = sums.get(key, 0.0) + value * weight
-            counts[key] = counts.get(key, 0.0) + weight
-
+        stats = _RunningMeans()
+        minibatches = []
         for epoch in range(a.epochs):
             order = list(range(n))
             random.Random(sampling_seed(cfg.seed, it, self.rank, salt=epoch + 1)).shuffle(order)
-            for start in range(0, n, self.mini_local):
-                mb = order[start : start + self.mini_local]
-                if a.loss_agg == "token_mean":
-                    normalizer = self._global_sum(mask[mb].sum().item())
-                else:
-                    normalizer = self._global_sum(len(mb))
-                if a.loss_agg == "seq_mean_token_sum":
-                    normalizer *= cfg.sampling.max_new_tokens
-                normalizer = max(normalizer, 1.0)
-                micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)]
-                for j, rows in enumerate(micro):
-                    last = j == len(micro) - 1
-                    ctx = self.acc.no_sync(self.policy) if not last else contextlib.nullcontext()
-                    with ctx:
-                        loss, st = self._micro_loss(episodes, rows, adv, mask, old_lp, normalizer)
-                        if not torch.isfinite(loss):
-                            raise NonFiniteLossError(
-                                f"iteration {it + 1}: loss is {loss.item()} (micro-batch {j} of mini-batch "
-                                f"at {start}); last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}"
-                            )
-                        self.acc.backward(loss * self.world)  # DDP averages over processes
-                    for k, v in st.items():
-                        add(k, v, st["tokens"] if k != "tokens" else 1.0)
-                self.optimizer.grads_to_master()
-                grad_norm = self.optimizer.clip_grad_norm(cfg.optim.grad_clip)
-                if not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(f"iteration {it + 1}: gradient norm is {grad_norm}")
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-                add("grad_norm", grad_norm)
-        out = {k: sums[k] / max(counts[k], 1e-12) for k in sums if k != "tokens"}
+            minibatches += [order[s : s + self.mini_local] for s in range(0, n, self.mini_local)]
+        micro_steps = sum(math.ceil(len(mb) / a.micro_batch_size) for mb in minibatches)
+        with progress.phase(f"iter {it + 1} optimize", total=micro_steps) as bar:
+            for mb in minibatches:
+                self._optimizer_step(episodes, mb, adv, mask, old_lp, it, stats, bar)
+        out = stats.means()
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
+
+    def _optimizer_step(self, episodes, mb, adv, mask, old_lp, it, stats, bar) -> None:
+        """One optimizer step on mini-batch `mb` (indices), accumulated over micro-batches."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        if a.loss_agg == "token_mean":
+            normalizer = self._global_sum(mask[mb].sum().item())
+        else:
+            normalizer = self._global_sum(len(mb))
+        if a.loss_agg == "seq_mean_token_sum":
+            normalizer *= cfg.sampling.max_new_tokens
+        normalizer = max(normalizer, 1.0)
+        micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)]
+        for j, rows in enumerate(micro):
+            last = j == len(micro) - 1
+            with self.acc.no_sync(self.policy) if not last else contextlib.nullcontext():
+                loss, st = self._micro_loss(episodes, rows, adv, mask, old_lp, normalizer)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"iteration {it + 1}: loss is {loss.item()} (micro-batch {j + 1} of {len(micro)}); "
+                        f"last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}"
+                    )
+                self.acc.backward(loss * self.world)  # DDP averages over processes
+            stats.add_all(st, weight=st.pop("tokens"))
+            if bar is not None:
+                bar.update(1)
+        self.optimizer.grads_to_master()
+        grad_norm = self.optimizer.clip_grad_norm(cfg.optim.grad_clip)
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"iteration {it + 1}: gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        stats.add("grad_norm", grad_norm)
 
     def _micro_loss(self, episodes, rows, adv, mask, old_lp, normalizer):
         a = self.cfg.algorithm
