@@ -85,3 +85,20 @@ def test_script_end_to_end(bench, tmp_path):
         assert saved[part]["mean"]["tokens"] > 0
     assert saved["trl"]["prompt_ids_identical"] is True
     assert saved["ratio_spo_over_trl"] == pytest.approx(res["spo"]["mean"]["wall"] / res["trl"]["mean"]["wall"])
+
+
+def test_bench_mc_runs_on_the_smoke_preset(tmp_path):
+    """The MC benchmark script (both parts) on the tiny SPO-chain preset, so it does not rot."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "mc.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_mc.py"
+    proc = subprocess.run([sys.executable, str(script), "--config", "smoke-spo-chain", "--output", str(out),
+                           "sampling.max_new_tokens=8"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["mc"]["states"] > 0
+    assert res["mc"]["shared_prefill"]["prefill_tokens"] * res["mc"]["mc_samples"] == \
+        res["mc"]["re_encoded"]["prefill_tokens"]
+    assert res["spo_chain"]["mc_tokens"] > 0 and res["grpo"]["mc_tokens"] == 0

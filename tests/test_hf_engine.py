@@ -366,3 +366,11 @@ def test_smollm2_engine_sane(tokenizer):
         ).to_lists()
     for r, lps in zip(sampled, tl):
         assert lps == pytest.approx(r.logprobs, abs=1e-3)
+
+
+def test_share_prefill_off_gives_the_same_greedy_output(tiny_model, tokenizer, chat_prompts):
+    """Re-encoding every sample's context (the benchmark's baseline) changes nothing but speed."""
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    shared = HFEngine(tiny_model, tokenizer).generate(chat_prompts[:2], params, n=3)
+    separate = HFEngine(tiny_model, tokenizer, share_prefill=False).generate(chat_prompts[:2], params, n=3)
+    assert [[r.response_ids for r in g] for g in shared] == [[r.response_ids for r in g] for g in separate]

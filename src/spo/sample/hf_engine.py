@@ -120,6 +120,9 @@ class HFEngine:
         pad_token_id: id written in padding (any valid id; it is masked out).
         prealloc_cache: write the KV cache into preallocated buffers instead of
             transformers' concatenating DynamicLayer (same results, less copying).
+        share_prefill: encode each distinct context once for all its samples (default).
+            False re-encodes the context for every sample, as ``model.generate`` with
+            repeated prompts does; only there to measure what sharing saves.
 
     After each call, ``last_stats`` (:class:`EngineStats`) holds token counts and time.
     """
@@ -133,6 +136,7 @@ class HFEngine:
         batch_size: int = 64,
         pad_token_id: int | None = None,
         prealloc_cache: bool = True,
+        share_prefill: bool = True,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -153,6 +157,7 @@ class HFEngine:
         self.pad_token_id = int(pad_token_id)
         self.last_stats = EngineStats()
         self.prealloc_cache = prealloc_cache
+        self.share_prefill = share_prefill
 
     # ------------------------------------------------------------------ interface
 
@@ -202,8 +207,9 @@ class HFEngine:
                 for i, j in slots:
                     out[i][j] = Rollout(list(key), [], [], "length")
                 continue
-            for s in range(0, len(slots), self.batch_size):
-                jobs.append(_Job(list(key), slots[s : s + self.batch_size], budget))
+            step = self.batch_size if self.share_prefill else 1
+            for s in range(0, len(slots), step):
+                jobs.append(_Job(list(key), slots[s : s + step], budget))
         # similar lengths together: less padding
         jobs.sort(key=lambda jb: len(jb.context), reverse=True)
         groups: list[list[_Job]] = []

@@ -1,0 +1,117 @@
+"""SPO-chain cost: MC continuation throughput with and without prefix sharing, and one
+iteration's time by phase for `spo_chain` against `grpo` on the same batch.
+
+    python benchmarks/bench_mc.py                      # cpu-spo-chain preset
+    python benchmarks/bench_mc.py --config smoke-spo-chain --skip-iterations
+
+Part 1 samples iteration 0's responses, cuts them with the configured partition, and
+sends the same MC states to the engine twice with the same seed: once with each state's
+prefix encoded once and shared by its N continuations (spo's default), once re-encoding
+it for every continuation (what `model.generate` on repeated prompts does). Part 2 runs
+iteration 0 of the trainer with each estimator from the same initial weights, so both see
+the same prompts and the same sampled responses. Ratios are of runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from spo.cli import resolve_preset  # noqa: E402
+from spo.config import load_config  # noqa: E402
+from spo.train.loop import Episode, Trainer, iteration_prompts, sampling_seed  # noqa: E402
+from spo.train.progress import Progress  # noqa: E402
+
+
+def mc_throughput(cfg) -> dict:
+    """Part 1: the same MC states through the engine, prefill shared vs re-encoded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp))
+        engine = trainer.engine
+        indices = iteration_prompts(len(trainer.train_problems), cfg.sampling.prompts_per_iteration, 0, cfg.seed)
+        contexts = [trainer._prompt_ids(i) for i in indices]
+        params = trainer._sampling_params(sampling_seed(cfg.seed, 0, 0))
+        rollouts = engine.generate(contexts, params, n=cfg.sampling.group_size)
+        states, budgets = [], []
+        seen = set()
+        for group in rollouts:
+            for r in group:
+                ep = Episode(0, 0, r.context_ids, r.response_ids, r.logprobs, r.finish_reason)
+                bounds, _ = trainer._boundaries(ep)
+                for t in bounds[1:-1]:
+                    key = tuple(r.context_ids + r.response_ids[:t])
+                    if key not in seen:
+                        seen.add(key)
+                        states.append(list(key))
+                        budgets.append(cfg.sampling.max_new_tokens - t)
+        n = cfg.algorithm.mc_samples
+        out = {"responses": sum(len(g) for g in rollouts), "states": len(states), "mc_samples": n}
+        mc_params = trainer._sampling_params(seed=12345)
+        for name, share in [("shared_prefill", True), ("re_encoded", False)]:
+            engine.share_prefill = share
+            t0 = time.perf_counter()
+            res = engine.generate(states, mc_params, n=n, max_new_tokens=budgets) if states else []
+            seconds = time.perf_counter() - t0
+            tokens = sum(len(r.response_ids) for g in res for r in g)
+            out[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9),
+                         "prefill_tokens": sum(len(s) for s in states) * (1 if share else n)}
+            print(f"[mc] {name:15s} {seconds:8.2f} s  {tokens:6d} tokens  {tokens / max(seconds, 1e-9):7.1f} tok/s",
+                  flush=True)
+        engine.share_prefill = True
+        if states:
+            out["speedup"] = out["re_encoded"]["seconds"] / max(out["shared_prefill"]["seconds"], 1e-9)
+    return out
+
+
+def iteration_phases(cfg, estimator: str) -> dict:
+    """Part 2: iteration 0 with `estimator`, phases in seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.algorithm.estimator = estimator
+        trainer = Trainer(cfg, Path(tmp))
+        record = trainer._iteration(0, Progress(enabled=False, quiet=True))
+    keys = ["time_sample", "time_score", "time_estimate", "time_optimize", "time_total",
+            "tokens_generated", "mc_tokens", "tokens_generated_total", "reward_mean", "loss_tokens_frac"]
+    return {k: record.get(k, 0) for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="cpu-spo-chain")
+    ap.add_argument("--skip-iterations", action="store_true", help="only part 1")
+    ap.add_argument("--output", default="bench_results/mc.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    path = resolve_preset(args.config)
+    base = ["eval.at_start=false", "eval.at_end=false", "progress=false", *args.overrides]
+    results: dict = {"config": str(path), "overrides": base, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "threads": torch.get_num_threads()}
+    results["mc"] = mc_throughput(load_config(path, base))
+    if "speedup" in results["mc"]:
+        print(f"[mc] prefix sharing: {results['mc']['speedup']:.2f}x faster than re-encoding "
+              f"({results['mc']['states']} states x {results['mc']['mc_samples']} continuations)")
+    if not args.skip_iterations:
+        for est in ("grpo", "spo_chain"):
+            results[est] = iteration_phases(load_config(path, base), est)
+            print(f"[iter] {est:10s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in results[est].items()), flush=True)
+        g, c = results["grpo"], results["spo_chain"]
+        print("\nphase (s)        grpo   spo_chain   ratio")
+        for k in ("time_sample", "time_score", "time_estimate", "time_optimize", "time_total"):
+            print(f"{k[5:]:12s} {g[k]:8.2f} {c[k]:10.2f} {c[k] / max(g[k], 1e-9):7.2f}")
+        print(f"tokens       {g['tokens_generated_total']:8.0f} {c['tokens_generated_total']:10.0f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=1))
+    print(f"results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
