@@ -109,9 +109,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary["seconds"] = time.perf_counter() - t0
     name = f"{cfg.task.name}" + (f"/{cfg.task.options['dataset']}" if "dataset" in cfg.task.options else "")
     print(format_table(name, model_path, summary))
-    out = Path(args.output) if args.output else Path(model_path).parent / "eval.json"
-    if not args.output and not run_cfg:
-        out = Path("eval.json")
+    # default: beside the checkpoint for a run folder, else in the working directory
+    out = Path(args.output or (Path(model_path).parent / "eval.json" if run_cfg else "eval.json"))
     out.write_text(json.dumps({"model": model_path, "task": name, "samples": k,
                                "temperature": params.temperature, "summary": summary,
                                "problems": result.per_problem}, indent=1))

@@ -181,7 +181,7 @@ class Trainer:
         self.estimator = get_estimator(cfg.algorithm.estimator)
 
         self.start_iteration = 0
-        self.log = RunLog(run_dir, tensorboard=self.acc.is_main_process) if self.acc.is_main_process else None
+        self.log = RunLog(run_dir) if self.acc.is_main_process else None
         if resume:
             self._load_checkpoint()
         elif self.acc.is_main_process:
@@ -252,7 +252,7 @@ class Trainer:
         if cfg.algorithm.old_logprobs == "recompute":
             self._recompute_old_logprobs(episodes)
         self.mc_stats = {}
-        advantages = self._estimate(episodes, it)
+        self._estimate(episodes, it)
         timings["estimate"] = time.perf_counter() - t0
 
         # 4. optimize
@@ -265,7 +265,6 @@ class Trainer:
             records = gather_object([e.log_record() for e in episodes])
             if self.acc.is_main_process:
                 self.log.write_episodes(it + 1, records)
-        del advantages
         return self._iteration_record(it, episodes, stats, timings)
 
     # ------------------------------------------------------------------ stages
@@ -311,7 +310,8 @@ class Trainer:
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                               top_p=s.top_p, top_k=s.top_k, seed=seed)
 
-    def _estimate(self, episodes: list[Episode], it: int) -> torch.Tensor:
+    def _estimate(self, episodes: list[Episode], it: int) -> None:
+        """Fill each episode's advantages (before whitening) and loss mask."""
         a = self.cfg.algorithm
         width = max(len(e.response_ids) for e in episodes)
         response_mask = pad_rows([[1.0] * len(e.response_ids) for e in episodes], width)
@@ -331,7 +331,6 @@ class Trainer:
             n = len(e.response_ids)
             e.advantages = advantages[i, :n].tolist()
             e.loss_mask = loss_mask[i, :n].int().tolist()
-        return advantages
 
     @torch.no_grad()
     def _recompute_old_logprobs(self, episodes: list[Episode]) -> None:
