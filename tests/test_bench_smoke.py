@@ -102,3 +102,24 @@ def test_bench_mc_runs_on_the_smoke_preset(tmp_path):
     assert res["mc"]["shared_prefill"]["prefill_tokens"] * res["mc"]["mc_samples"] == \
         res["mc"]["re_encoded"]["prefill_tokens"]
     assert res["spo_chain"]["mc_tokens"] > 0 and res["grpo"]["mc_tokens"] == 0
+
+
+def test_bench_tree_runs_on_the_smoke_presets(tmp_path):
+    """The SPO-tree benchmark (both parts) on the tiny presets: counts add up, and prefix
+    reuse changes the speed, never the sampled tokens."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tree.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_tree.py"
+    proc = subprocess.run([sys.executable, str(script), "--tree-config", "smoke-spo-tree", "--chain-config",
+                           "smoke-spo-chain", "--json", str(out), "sampling.max_new_tokens=8"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    tree, chain = res["tree"], res["chain"]
+    assert tree["segment_samples"] <= 4 * (3 + 6 + 12) and tree["tokens"] <= 4 * (3 * 4 + 6 * 4 + 12 * 8)
+    assert chain["complete_responses"] == 4 * 4 and chain["tokens"] > chain["mc_tokens"] > 0
+    ratio = res["segment_samples_per_1k_tokens"]
+    assert ratio["tree"] == pytest.approx(1000 * tree["segment_samples"] / tree["tokens"])
+    assert res["throughput"]["same_tokens"] is True

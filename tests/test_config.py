@@ -6,7 +6,15 @@ import pytest
 import yaml
 
 from spo.cli import PRESETS_DIR, main, resolve_preset
-from spo.config import ConfigError, build_config, describe_options, load_config, save_config, to_dict
+from spo.config import (
+    ConfigError,
+    build_config,
+    describe_options,
+    load_config,
+    load_sft_config,
+    save_config,
+    to_dict,
+)
 
 
 def test_defaults_are_valid():
@@ -17,7 +25,14 @@ def test_defaults_are_valid():
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in PRESETS_DIR.glob("*.yaml")))
 def test_every_shipped_preset_loads(preset):
-    load_config(PRESETS_DIR / preset)
+    if preset.startswith("sft-"):  # presets of `spo sft`
+        load_sft_config(PRESETS_DIR / preset)
+    elif preset.startswith("bench-"):  # presets of `spo bench`: every method's run config is checked
+        from spo.bench import load_bench_config
+
+        load_bench_config(PRESETS_DIR / preset)
+    else:
+        load_config(PRESETS_DIR / preset)
 
 
 def test_overrides_parse_yaml_values():

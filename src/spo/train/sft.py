@@ -1,0 +1,341 @@
+"""Supervised fine-tuning on a task's gold solutions: `spo sft`.
+
+Gives RL a starting point that is right on part of the problems: e.g. a tiny
+character-level Llama trained from scratch on `arith_steps` until its greedy held-out
+accuracy reaches `stop_at_accuracy` (configs/sft-arith.yaml). Reads top to bottom:
+
+    task problems -> examples: prompt ids (exactly as RL and evaluation build them)
+                     + solution ids + eos; the loss counts only the solution and eos
+    AdamW (spo.train.optim, warmup + schedule) over seeded shuffled batches
+    every `eval_every` steps: greedy held-out accuracy (spo.evaluate.evaluator.evaluate),
+                     stop once it reaches `stop_at_accuracy`
+    save: an HF model folder (safetensors + tokenizer) + sft_config.yaml + sft_metrics.json
+          + sft_eval.jsonl (the last evaluation's responses), written to a temporary
+          sibling folder and renamed into place
+
+Caching: without `output_dir` the folder is `$SPO_CACHE_DIR/sft/<hash of the config>`;
+when it exists the model is not trained again (`ensure_sft_model` returns it at once).
+The hash covers every option except `output_dir` and `log_every`, plus SFT_CACHE_VERSION
+and spo.tiny_models.VERSION (the built-in tiny model's vocabulary and architecture).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spo.config import ConfigError, SFTConfig, save_config, to_dict
+from spo.tasks.problems import Problem
+from spo.tasks.prompts import build_prompt_text
+
+log = logging.getLogger("spo.sft")
+
+SFT_CACHE_VERSION = 1
+"""Part of the cache key: bump it when a change here changes what the same config trains,
+so that stale cached models are not reused."""
+METRICS_FILE = "sft_metrics.json"
+CONFIG_FILE = "sft_config.yaml"
+EVAL_FILE = "sft_eval.jsonl"
+_UNHASHED = ("output_dir", "log_every")  # options that do not change the trained model
+IGNORE_INDEX = -100  # label of tokens the loss skips (the prompt, padding): HF's convention
+
+
+@dataclass
+class SFTResult:
+    path: Path
+    """The model folder."""
+    metrics: dict[str, Any]
+    """The contents of its sft_metrics.json."""
+    cached: bool
+    """True when the folder already existed and nothing was trained."""
+
+
+# ---------------------------------------------------------------------------------------
+# Where the model goes, and whether it is already there.
+
+def config_hash(cfg: SFTConfig) -> str:
+    """16 hex digits of sha256 over the options that determine the trained model."""
+    from spo.tiny_models import VERSION as TINY_MODELS_VERSION
+
+    options = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
+    key = {"version": SFT_CACHE_VERSION, "tiny_models": TINY_MODELS_VERSION, "config": options}
+    text = json.dumps(key, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def output_path(cfg: SFTConfig) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    from spo.models import cache_dir
+
+    return cache_dir() / "sft" / config_hash(cfg)
+
+
+def cached_metrics(path: Path, cfg: SFTConfig) -> dict[str, Any] | None:
+    """The metrics of a finished SFT folder made with this config, else None. A folder made
+    with another config is an error rather than something to overwrite or silently reuse."""
+    metrics_file = path / METRICS_FILE
+    if not metrics_file.is_file():
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(f"output_dir: {path} exists and is not an SFT model folder; remove it or pick another")
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    if metrics.get("config_hash") != config_hash(cfg):
+        raise ConfigError(
+            f"output_dir: {path} holds a model trained with another SFT config "
+            f"(hash {metrics.get('config_hash')}, this config {config_hash(cfg)}); remove it or pick another"
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------
+# Examples and batches.
+
+def response_prefix(prompt_text: str) -> str:
+    """What separates prompt and solution: nothing after a prompt that ends in whitespace
+    (a chat template's "assistant\\n"), else a newline (the plain format's "Solution:")."""
+    return "" if prompt_text[-1:].isspace() else "\n"
+
+
+def encode_example(tokenizer: Any, task: Any, problem: Problem, prompt_format: str,
+                   system_prompt: str | None) -> tuple[list[int], int]:
+    """(token ids of prompt + solution + eos, number of prompt tokens).
+
+    The prompt ids are the ones RL and evaluation condition on (`task.prompt_ids`); the
+    solution is tokenized on its own and appended, so the model learns to continue exactly
+    those ids, and to stop: eos ends every target."""
+    if problem.solution is None:
+        raise ValueError(f"problem {problem.id} has no reference solution: SFT needs one per training problem")
+    prompt = task.prompt_ids(tokenizer, problem, prompt_format, system_prompt)
+    text = build_prompt_text(tokenizer, problem.question, prompt_format, system_prompt, task.instruction)
+    target = tokenizer(response_prefix(text) + problem.solution.strip(), add_special_tokens=False)["input_ids"]
+    return prompt + list(target) + [tokenizer.eos_token_id], len(prompt)
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask, and labels = input_ids with the prompt and
+    padding set to IGNORE_INDEX (HF's causal-LM loss shifts labels by one itself)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "labels": labels.to(device)}
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of 0-based step `step`: consecutive slices of a seeded shuffle,
+    reshuffled every epoch (a pure function of its arguments)."""
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(pos, n)
+        out.append(_epoch_order(n, seed, epoch)[offset])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Held-out evaluation (greedy).
+
+def held_out_eval(engine: Any, tokenizer: Any, task: Any, problems: list[Problem], cfg: SFTConfig
+                  ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    from spo.evaluate.evaluator import evaluate, summarize
+    from spo.sample.engine import SamplingParams
+
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
+    result = evaluate(engine, tokenizer, task, problems, params, k=1,
+                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
+    return summarize(result.per_problem, 1), result.per_problem
+
+
+# ---------------------------------------------------------------------------------------
+# Training.
+
+def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
+    """Train as configured and write the model folder `out` (atomically); return its metrics."""
+    from spo.models import load_policy_from_config, load_tokenizer, num_parameters
+    from spo.sample.hf_engine import HFEngine
+    from spo.tasks.registry import build_task
+    from spo.train.optim import build_optimizer
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # --- data
+    task = build_task(cfg.task.name, **cfg.task.options)
+    train_problems = task.problems("train", cfg.task.train_limit)
+    eval_problems = task.problems("eval", cfg.task.eval_limit)
+    if not train_problems:
+        raise ValueError(f"task {cfg.task.name!r} has no training problems")
+
+    # --- model
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    model = load_policy_from_config(cfg.model, seed=cfg.seed)
+    device = next(model.parameters()).device
+    max_len = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
+    encoded = [encode_example(tokenizer, task, p, cfg.task.prompt_format, cfg.task.system_prompt)
+               for p in train_problems]
+    examples = [e for e in encoded if len(e[0]) <= max_len]
+    if len(examples) < len(encoded):
+        log.warning("sft: dropped %d of %d examples longer than the model's %d positions",
+                    len(encoded) - len(examples), len(encoded), max_len)
+    if not examples:
+        raise ValueError("sft: no training example fits the model's context")
+    log.info("sft: %d examples (mean %.1f tokens), %d held-out problems, %.2fM parameters",
+             len(examples), sum(len(e[0]) for e in examples) / len(examples), len(eval_problems),
+             num_parameters(model) / 1e6)
+
+    # --- optimizer and evaluation engine (the engine samples from the model being trained)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps)
+    engine = HFEngine(model, tokenizer, batch_size=cfg.eval_batch_size)
+    losses: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
+    last_rows: list[dict[str, Any]] = []
+    window: list[float] = []
+    eval_seconds = 0.0
+    stopped_by = "max_steps"
+    step = 0
+
+    # --- the loop
+    model.train()
+    for step in range(1, cfg.max_steps + 1):
+        batch = collate([examples[i] for i in batch_indices(len(examples), cfg.batch_size, step - 1, cfg.seed)],
+                        tokenizer.pad_token_id, device)
+        loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"sft: loss is {loss.item()} at step {step}")
+        loss.backward()
+        optimizer.grads_to_master()
+        optimizer.clip_grad_norm(cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        window.append(loss.item())
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            row = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t_start}
+            losses.append(row)
+            window = []
+            log.info("sft step %d/%d  loss %.4f  lr %.2e  %.0f s", step, cfg.max_steps, row["loss"], row["lr"],
+                     row["seconds"])
+
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+            t0 = time.perf_counter()
+            summary, last_rows = held_out_eval(engine, tokenizer, task, eval_problems, cfg) if eval_problems else ({}, [])
+            eval_seconds += time.perf_counter() - t0
+            accuracy = summary.get("accuracy", float("nan"))
+            evals.append({"step": step, "accuracy": accuracy,
+                          "response_len_mean": summary.get("response_len_mean", float("nan")),
+                          "truncated_frac": summary.get("truncated_frac", float("nan")),
+                          "seconds": time.perf_counter() - t_start})
+            log.info("sft eval @ step %d: held-out greedy accuracy %.3f (%d problems)", step, accuracy,
+                     len(eval_problems))
+            if cfg.stop_at_accuracy is not None and accuracy >= cfg.stop_at_accuracy:
+                stopped_by = "stop_at_accuracy"
+                break
+
+    metrics = {
+        "config_hash": config_hash(cfg),
+        "steps": step,
+        "stopped_by": stopped_by,
+        "eval_accuracy": evals[-1]["accuracy"] if evals else float("nan"),
+        "eval_problems": len(eval_problems),
+        "train_examples": len(examples),
+        "parameters": num_parameters(model),
+        "wall_seconds": time.perf_counter() - t_start,
+        "eval_seconds": eval_seconds,
+        "evals": evals,
+        "losses": losses,
+    }
+    _save(model, tokenizer, cfg, metrics, last_rows, out)
+    return metrics
+
+
+def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], eval_rows: list[dict[str, Any]],
+          out: Path) -> None:
+    """Write everything into a temporary sibling of `out`, then rename it into place, so a
+    crash never leaves a folder that looks finished."""
+    from spo.models import _atomic_publish
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if hasattr(model, "merge_and_unload"):  # LoRA: save plain merged weights
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_config(cfg, tmp / CONFIG_FILE)
+        (tmp / EVAL_FILE).write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty --output-dir made beforehand
+        _atomic_publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points.
+
+def run_sft(cfg: SFTConfig) -> SFTResult:
+    """The SFT model of `cfg`: the cached folder when there is one, else trained now."""
+    out = output_path(cfg)
+    metrics = cached_metrics(out, cfg)
+    if metrics is not None:
+        return SFTResult(out, metrics, cached=True)
+    return SFTResult(out, train_sft(cfg, out), cached=False)
+
+
+def ensure_sft_model(cfg: SFTConfig) -> Path:
+    """Path of the SFT model folder of `cfg` (trained first if not cached): for benchmarks."""
+    return run_sft(cfg).path
+
+
+def sft_model_for_preset(preset: str, overrides: list[str] = ()) -> Path:
+    """`ensure_sft_model` for a preset name (`sft-arith`) or YAML path: what the model name
+    `sft:<preset>` resolves to (spo.models)."""
+    from spo.cli import resolve_preset
+    from spo.config import load_sft_config
+
+    return ensure_sft_model(load_sft_config(resolve_preset(preset), overrides))
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / METRICS_FILE).read_text())
+
+
+def describe(result: SFTResult) -> str:
+    """A few lines for the terminal: where, whether cached, steps, accuracy curve, time."""
+    m = result.metrics
+    curve = "  ".join(f"{e['step']}:{e['accuracy']:.3f}" for e in m.get("evals", []))
+    head = "cached SFT model (nothing trained)" if result.cached else "trained SFT model"
+    return (f"{head}: {result.path}\n"
+            f"steps {m['steps']} (stopped by {m['stopped_by']}), held-out greedy accuracy "
+            f"{m['eval_accuracy']:.3f} on {m['eval_problems']} problems, {m['wall_seconds']:.0f} s\n"
+            f"accuracy by step: {curve}")
+
+
+__all__ = ["SFTResult", "config_hash", "ensure_sft_model", "run_sft", "sft_model_for_preset", "train_sft"]

@@ -1,0 +1,228 @@
+"""`spo sft`: supervised fine-tuning of a tiny character-level Llama on `arith_steps`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from spo.cli import PRESETS_DIR, main
+from spo.config import ConfigError, build_sft_config, load_config, load_sft_config, to_dict
+
+TINY = {
+    "model": {
+        "name_or_path": "tiny-char-llama",
+        "random_init": True,
+        "dtype": "float32",
+        "config_overrides": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "num_key_value_heads": 2},
+    },
+    "task": {
+        "name": "arith_steps",
+        "options": {"min_terms": 2, "max_terms": 2, "max_operand": 9, "train_size": 64, "eval_size": 8},
+        "prompt_format": "plain",
+        "eval_limit": 8,
+    },
+    "optim": {"lr": 3.0e-3, "warmup_ratio": 0.0},
+    "max_steps": 30,
+    "batch_size": 16,
+    "eval_every": 0,
+    "max_new_tokens": 16,
+    "log_every": 5,
+}
+
+
+def tiny_cfg(*overrides: str):
+    return build_sft_config(TINY, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("spo-cache")
+
+
+@pytest.fixture()
+def in_cache(cache, monkeypatch):
+    monkeypatch.setenv("SPO_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def trained(cache):
+    from spo.train.sft import run_sft
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPO_CACHE_DIR", str(cache))
+        return run_sft(tiny_cfg())
+
+
+def test_loss_decreases_and_metrics_are_recorded(trained):
+    assert not trained.cached
+    m = trained.metrics
+    losses = [row["loss"] for row in m["losses"]]
+    assert [row["step"] for row in m["losses"]] == [5, 10, 15, 20, 25, 30]
+    assert losses[-1] < 0.8 * losses[0]
+    assert m["steps"] == 30 and m["stopped_by"] == "max_steps"
+    assert [e["step"] for e in m["evals"]] == [30]  # eval_every 0: after the last step only
+    assert 0.0 <= m["eval_accuracy"] <= 1.0 and m["eval_problems"] == 8
+    assert m["wall_seconds"] > 0
+
+
+def test_output_is_a_complete_model_folder_in_the_cache(trained, cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spo.train.sft import config_hash
+
+    path = trained.path
+    assert path == cache / "sft" / config_hash(tiny_cfg())
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "sft_config.yaml", "sft_metrics.json",
+                 "sft_eval.jsonl"):
+        assert (path / name).is_file(), name
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.num_hidden_layers == 1 and len(tok) == model.config.vocab_size
+    assert to_dict(load_sft_config(path / "sft_config.yaml")) == to_dict(tiny_cfg())
+    rows = [json.loads(line) for line in (path / "sft_eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {"question", "gold", "responses", "correct"} <= set(rows[0])
+
+
+def test_second_call_is_a_cache_hit(trained, in_cache, capsys):
+    from spo.train.sft import ensure_sft_model, run_sft
+
+    stamp = (trained.path / "model.safetensors").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    again = run_sft(tiny_cfg("log_every=1"))  # logging does not change the model: same folder
+    assert again.cached and again.path == trained.path and again.metrics == trained.metrics
+    assert time.perf_counter() - t0 < 1.0
+    assert ensure_sft_model(tiny_cfg()) == trained.path
+    assert (trained.path / "model.safetensors").stat().st_mtime_ns == stamp
+    from spo.train.sft import config_hash
+
+    assert config_hash(tiny_cfg("seed=1")) != config_hash(tiny_cfg())
+    assert config_hash(tiny_cfg(f"output_dir={in_cache}")) == config_hash(tiny_cfg())
+
+
+def test_cli_reports_a_cached_model(trained, in_cache, tmp_path, capsys):
+    preset = tmp_path / "tiny-sft.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    assert main(["sft", "--config", str(preset)]) == 0
+    out = capsys.readouterr().out
+    assert "cached SFT model" in out and str(trained.path) in out
+
+
+def test_sft_prefix_names_the_trained_model(trained, in_cache, tmp_path):
+    from spo.models import load_tokenizer, resolve_model_path
+
+    preset = tmp_path / "tiny-sft.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    assert resolve_model_path(f"sft:{preset}") == str(trained.path)
+    assert load_tokenizer(f"sft:{preset}").eos_token_id is not None
+
+
+def test_same_config_trains_the_same_weights(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from spo.train.sft import run_sft
+
+    again = run_sft(tiny_cfg(f"output_dir={tmp_path / 'again'}"))
+    assert not again.cached
+    assert [r["loss"] for r in again.metrics["losses"]] == [r["loss"] for r in trained.metrics["losses"]]
+    a, b = load_file(trained.path / "model.safetensors"), load_file(again.path / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_output_dir_of_another_config_is_refused(trained, tmp_path):
+    from spo.train.sft import run_sft
+
+    with pytest.raises(ConfigError, match="output_dir: .* another SFT config"):
+        run_sft(tiny_cfg(f"output_dir={trained.path}", "max_steps=31"))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an SFT model folder"):
+        run_sft(tiny_cfg(f"output_dir={junk}"))
+
+
+def test_training_stops_when_held_out_accuracy_is_reached(tmp_path, monkeypatch):
+    from spo.train import sft
+
+    calls = []
+
+    def fake_eval(engine, tokenizer, task, problems, cfg):
+        calls.append(1)
+        accuracy = 0.25 * len(calls)
+        return {"accuracy": accuracy, "response_len_mean": 5.0, "truncated_frac": 0.0}, []
+
+    monkeypatch.setattr(sft, "held_out_eval", fake_eval)
+    result = sft.run_sft(tiny_cfg("eval_every=4", "stop_at_accuracy=0.5", f"output_dir={tmp_path / 'out'}"))
+    assert result.metrics["steps"] == 8 and result.metrics["stopped_by"] == "stop_at_accuracy"
+    assert [e["step"] for e in result.metrics["evals"]] == [4, 8]
+    assert result.metrics["eval_accuracy"] == 0.5
+
+
+def test_prompt_tokens_are_masked_and_eos_ends_each_target():
+    from spo.models import load_tokenizer
+    from spo.tasks import build_task
+    from spo.train.sft import IGNORE_INDEX, collate, encode_example
+
+    tok = load_tokenizer("tiny-char-llama")
+    task = build_task("arith_steps", train_size=4, eval_size=0)
+    examples = [encode_example(tok, task, p, "plain", None) for p in task.problems("train")]
+    batch = collate(examples, tok.pad_token_id, torch.device("cpu"))
+    for row, (ids, prompt_len) in enumerate(examples):
+        assert ids[:prompt_len] == task.prompt_ids(tok, task.problems("train")[row], "plain")
+        assert tok.decode(ids[prompt_len:]) == "\n" + task.problems("train")[row].solution + tok.eos_token
+        labels = batch["labels"][row].tolist()
+        assert labels[:prompt_len] == [IGNORE_INDEX] * prompt_len
+        assert labels[prompt_len:len(ids)] == ids[prompt_len:]
+        assert set(labels[len(ids):]) <= {IGNORE_INDEX}
+        assert batch["attention_mask"][row].sum().item() == len(ids)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("max_steps=0", "max_steps: must be >= 1"),
+        ("batch_size=many", "batch_size: expected an integer"),
+        ("stop_at_accuracy=1.5", "stop_at_accuracy: must be in (0, 1]"),
+        ("eval_every=-1", "eval_every: must be >= 0"),
+        ("log_every=0", "log_every: must be >= 1"),
+        ("optim.lr=0", "optim.lr: must be > 0"),
+        ("task.options={bogus: 1}", "task.options: unknown option 'bogus'"),
+        ("task.eval_limit=0", "task.eval_limit: must be >= 1"),
+        ("iterations=3", "unknown option iterations"),
+        ("model.dtype=int8", "model.dtype: must be one of"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        tiny_cfg(override)
+    assert message in str(err.value)
+
+
+def test_sections_keep_sft_defaults_when_partly_given():
+    cfg = build_sft_config({"model": {"config_overrides": {"hidden_size": 64}}}, ["optim.lr=0.01"])
+    assert cfg.model.name_or_path == "tiny-char-llama" and cfg.model.random_init and cfg.model.dtype == "float32"
+    assert cfg.optim.lr == 0.01 and cfg.optim.schedule == "cosine" and cfg.optim.weight_decay == 0.1
+    assert cfg.task.name == "arith_steps"
+
+
+def test_shipped_presets_load():
+    sft_cfg = load_sft_config(PRESETS_DIR / "sft-arith.yaml")
+    rl_cfg = load_config(PRESETS_DIR / "arith-grpo.yaml")
+    assert rl_cfg.model.name_or_path == "sft:sft-arith"
+    # RL trains and evaluates on the problems the SFT model was made for
+    assert rl_cfg.task.name == sft_cfg.task.name and rl_cfg.task.options == sft_cfg.task.options
+    assert rl_cfg.task.prompt_format == sft_cfg.task.prompt_format
+
+
+def test_sft_doc_is_current(capsys):
+    doc = Path(__file__).parents[1] / "docs" / "sft.md"
+    main(["options", "--sft", "--markdown"])
+    table = capsys.readouterr().out
+    assert table.strip() in doc.read_text(), "docs/sft.md is stale: regenerate it with `spo options --sft --markdown`"
