@@ -29,6 +29,7 @@ TINY = {
     },
     "optim": {"lr": 3.0e-3, "warmup_ratio": 0.0},
     "max_steps": 30,
+    "val_size": 8,
     "batch_size": 16,
     "eval_every": 0,
     "max_new_tokens": 16,
@@ -162,7 +163,8 @@ def test_training_stops_when_held_out_accuracy_is_reached(tmp_path, monkeypatch)
     result = sft.run_sft(tiny_cfg("eval_every=4", "stop_at_accuracy=0.5", f"output_dir={tmp_path / 'out'}"))
     assert result.metrics["steps"] == 8 and result.metrics["stopped_by"] == "stop_at_accuracy"
     assert [e["step"] for e in result.metrics["evals"]] == [4, 8]
-    assert result.metrics["eval_accuracy"] == 0.5
+    assert result.metrics["val_accuracy"] == 0.5
+    assert result.metrics["eval_accuracy"] == 0.75 and len(calls) == 3  # the eval split, once, at the end
 
 
 def test_prompt_tokens_are_masked_and_eos_ends_each_target():
@@ -212,13 +214,28 @@ def test_sections_keep_sft_defaults_when_partly_given():
     assert cfg.task.name == "arith_steps"
 
 
-def test_shipped_presets_load():
-    sft_cfg = load_sft_config(PRESETS_DIR / "sft-arith.yaml")
-    rl_cfg = load_config(PRESETS_DIR / "arith-grpo.yaml")
-    assert rl_cfg.model.name_or_path == "sft:sft-arith"
-    # RL trains and evaluates on the problems the SFT model was made for
-    assert rl_cfg.task.name == sft_cfg.task.name and rl_cfg.task.options == sft_cfg.task.options
-    assert rl_cfg.task.prompt_format == sft_cfg.task.prompt_format
+def _run_section(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    return data.get("run", data)  # `spo bench` presets hold the run under `run:`
+
+
+SFT_USERS = sorted(p.name for p in PRESETS_DIR.glob("*.yaml")
+                   if str(_run_section(p).get("model", {}).get("name_or_path", "")).startswith("sft:"))
+
+
+def test_arith_grpo_starts_from_the_sft_preset():
+    assert "arith-grpo.yaml" in SFT_USERS
+    assert load_config(PRESETS_DIR / "arith-grpo.yaml").model.name_or_path == "sft:sft-arith"
+
+
+@pytest.mark.parametrize("preset", SFT_USERS)
+def test_presets_train_on_the_task_their_sft_model_was_made_for(preset):
+    run = _run_section(PRESETS_DIR / preset)
+    sft_preset = run["model"]["name_or_path"].removeprefix("sft:")
+    sft_cfg = load_sft_config(PRESETS_DIR / f"{sft_preset}.yaml")
+    task = run["task"]
+    assert task["name"] == sft_cfg.task.name and task.get("options", {}) == sft_cfg.task.options
+    assert task.get("prompt_format", "chat") == sft_cfg.task.prompt_format
 
 
 def test_sft_doc_is_current(capsys):
@@ -226,3 +243,15 @@ def test_sft_doc_is_current(capsys):
     main(["options", "--sft", "--markdown"])
     table = capsys.readouterr().out
     assert table.strip() in doc.read_text(), "docs/sft.md is stale: regenerate it with `spo options --sft --markdown`"
+
+
+def test_validation_is_carved_from_the_train_split_not_the_eval_split(tmp_path):
+    """The SFT model is chosen on held-back training problems; the eval split RL reports on
+    is only evaluated once at the end, for the record."""
+    from spo.train.sft import train_sft
+
+    m = train_sft(tiny_cfg("max_steps=2", "eval_every=1"), tmp_path / "out")
+    assert m["val_problems"] == 8 and m["train_examples"] == 64 - 8
+    assert m["eval_problems"] == 8 and len(m["evals"]) == 2
+    with pytest.raises(ValueError, match="val_size"):
+        train_sft(tiny_cfg("val_size=64"), tmp_path / "bad")

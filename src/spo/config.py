@@ -522,11 +522,15 @@ class SFTConfig:
     """Optimizer steps at most; the lr schedule spans all of them even when training stops early."""
     batch_size: int = 64
     """Sequences (prompt + gold solution + eos) per optimizer step."""
+    val_size: int = 200
+    """Training problems held back from SFT (the last `val_size` of the train split): the periodic
+    evaluations and `stop_at_accuracy` use them, so the task's eval split (what RL reports on)
+    plays no part in choosing the SFT model. 0: use the eval split instead."""
     eval_every: int = 100
-    """Greedy held-out evaluation every this many steps (0: only after the last step)."""
+    """Greedy validation every this many steps (0: only after the last step)."""
     stop_at_accuracy: float | None = None
-    """Stop at the first evaluation whose held-out greedy accuracy reaches this (null: never):
-    gives a model that is right on part of the problems, for RL to improve on."""
+    """Stop at the first validation whose greedy accuracy reaches this (null: never): gives a
+    model that is right on part of the problems, for RL to improve on."""
     max_new_tokens: int = 64
     """Response length cap of the held-out evaluation."""
     eval_batch_size: int = 256
@@ -543,6 +547,7 @@ def _check_sft_ranges(cfg: SFTConfig) -> None:
     _need(cfg.max_steps >= 1, "max_steps", f"must be >= 1, got {cfg.max_steps}")
     _need(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
     _need(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    _need(cfg.val_size >= 0, "val_size", f"must be >= 0, got {cfg.val_size}")
     _need(cfg.stop_at_accuracy is None or 0 < cfg.stop_at_accuracy <= 1, "stop_at_accuracy",
           f"must be in (0, 1] or null, got {cfg.stop_at_accuracy}")
     _need(cfg.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")

@@ -186,6 +186,12 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     task = build_task(cfg.task.name, **cfg.task.options)
     train_problems = task.problems("train", cfg.task.train_limit)
     eval_problems = task.problems("eval", cfg.task.eval_limit)
+    val_problems = eval_problems
+    if cfg.val_size:  # choose the model on held-back training problems, not on the eval split
+        if cfg.val_size >= len(train_problems):
+            raise ValueError(f"sft: val_size={cfg.val_size} leaves no training problems (train split: "
+                             f"{len(train_problems)})")
+        train_problems, val_problems = train_problems[: -cfg.val_size], train_problems[-cfg.val_size :]
     if not train_problems:
         raise ValueError(f"task {cfg.task.name!r} has no training problems")
 
@@ -243,24 +249,30 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
 
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
             t0 = time.perf_counter()
-            summary, last_rows = held_out_eval(engine, tokenizer, task, eval_problems, cfg) if eval_problems else ({}, [])
+            summary, _ = held_out_eval(engine, tokenizer, task, val_problems, cfg) if val_problems else ({}, [])
             eval_seconds += time.perf_counter() - t0
             accuracy = summary.get("accuracy", float("nan"))
             evals.append({"step": step, "accuracy": accuracy,
                           "response_len_mean": summary.get("response_len_mean", float("nan")),
                           "truncated_frac": summary.get("truncated_frac", float("nan")),
                           "seconds": time.perf_counter() - t_start})
-            log.info("sft eval @ step %d: held-out greedy accuracy %.3f (%d problems)", step, accuracy,
-                     len(eval_problems))
+            log.info("sft validation @ step %d: greedy accuracy %.3f (%d held-back problems)", step, accuracy,
+                     len(val_problems))
             if cfg.stop_at_accuracy is not None and accuracy >= cfg.stop_at_accuracy:
                 stopped_by = "stop_at_accuracy"
                 break
 
+    # The eval split, once, for the record: what RL starts from (nothing above looked at it).
+    t0 = time.perf_counter()
+    final, last_rows = held_out_eval(engine, tokenizer, task, eval_problems, cfg) if eval_problems else ({}, [])
+    eval_seconds += time.perf_counter() - t0
     metrics = {
         "config_hash": config_hash(cfg),
         "steps": step,
         "stopped_by": stopped_by,
-        "eval_accuracy": evals[-1]["accuracy"] if evals else float("nan"),
+        "val_accuracy": evals[-1]["accuracy"] if evals else float("nan"),
+        "val_problems": len(val_problems),
+        "eval_accuracy": final.get("accuracy", float("nan")),
         "eval_problems": len(eval_problems),
         "train_examples": len(examples),
         "parameters": num_parameters(model),
@@ -333,9 +345,9 @@ def describe(result: SFTResult) -> str:
     curve = "  ".join(f"{e['step']}:{e['accuracy']:.3f}" for e in m.get("evals", []))
     head = "cached SFT model (nothing trained)" if result.cached else "trained SFT model"
     return (f"{head}: {result.path}\n"
-            f"steps {m['steps']} (stopped by {m['stopped_by']}), held-out greedy accuracy "
-            f"{m['eval_accuracy']:.3f} on {m['eval_problems']} problems, {m['wall_seconds']:.0f} s\n"
-            f"accuracy by step: {curve}")
+            f"steps {m['steps']} (stopped by {m['stopped_by']}), greedy accuracy on the eval split "
+            f"{m['eval_accuracy']:.3f} ({m['eval_problems']} problems), {m['wall_seconds']:.0f} s\n"
+            f"validation accuracy ({m.get('val_problems', 0)} held-back training problems) by step: {curve}")
 
 
 __all__ = ["SFTResult", "config_hash", "ensure_sft_model", "run_sft", "sft_model_for_preset", "train_sft"]
