@@ -50,6 +50,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import logging
+import contextlib
 import os
 import shutil
 import tempfile
@@ -153,6 +154,23 @@ def find_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
     )
 
 
+@contextlib.contextmanager
+def staged_folder(out: Path):
+    """Yield a temporary sibling folder of `out` to write into; when the block ends it is
+    renamed to `out`, and when the block raises it is removed, so a crash never leaves a
+    folder that looks finished."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty folder made beforehand (e.g. an --output-dir)
+        _atomic_publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _atomic_publish(tmp: Path, final: Path) -> None:
     """Rename a finished temporary folder into place; lose gracefully to a concurrent writer."""
     try:
@@ -189,8 +207,7 @@ def convert_gguf_model(
     log.warning(
         "spo: converting %s into %s (one time, ~30-60 s on a small CPU)", gguf_path.name, out
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         folder, name = str(gguf_path.parent), gguf_path.name
         log.warning("spo: [1/3] tokenizer from GGUF")
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -214,10 +231,6 @@ def convert_gguf_model(
         log.warning("spo: [3/3] saving safetensors (%s) + tokenizer", config.dtype)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        _atomic_publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.warning("spo: conversion done in %.1f s -> %s", time.perf_counter() - t0, out)
     return out
 
@@ -242,14 +255,9 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathL
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log.warning("spo: converting the tokenizer of %s into %s (one time)", gguf_path.name, out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tok.save_pretrained(tmp)
-        _atomic_publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.warning("spo: tokenizer conversion done in %.1f s", time.perf_counter() - t0)
     return out
 

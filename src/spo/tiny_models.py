@@ -21,9 +21,7 @@ the vocabulary), BOS prepended by the post-processor when `add_special_tokens=Tr
 from __future__ import annotations
 
 import os
-import shutil
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +92,12 @@ def write_tiny_char_llama(out_dir: str | os.PathLike, *, seed: int = 0, **overri
     import torch
     from transformers import LlamaForCausalLM
 
-    from spo.models import _atomic_publish
+    from spo.models import staged_folder
 
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         tokenizer = build_char_tokenizer()
         config = tiny_llama_config(tokenizer, **overrides)
         with torch.random.fork_rng(devices=[]):
@@ -109,10 +105,6 @@ def write_tiny_char_llama(out_dir: str | os.PathLike, *, seed: int = 0, **overri
             model = LlamaForCausalLM(config)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _atomic_publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

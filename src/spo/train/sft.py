@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,11 +287,9 @@ def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], e
           out: Path) -> None:
     """Write everything into a temporary sibling of `out`, then rename it into place, so a
     crash never leaves a folder that looks finished."""
-    from spo.models import _atomic_publish
+    from spo.models import staged_folder
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         if hasattr(model, "merge_and_unload"):  # LoRA: save plain merged weights
             model = model.merge_and_unload()
         model.save_pretrained(tmp)
@@ -301,12 +297,6 @@ def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], e
         save_config(cfg, tmp / CONFIG_FILE)
         (tmp / EVAL_FILE).write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an empty --output-dir made beforehand
-        _atomic_publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------
