@@ -49,3 +49,17 @@ def test_spo_chain_counts_its_continuations(tmp_path):
 def test_bad_budgets_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(resolve_preset("smoke"), [override])
+
+
+def test_validation_split_is_withheld_from_training(tmp_path):
+    """eval.split=validation evaluates on the last training problems and never trains on them."""
+    from spo.train.loop import Trainer
+
+    cfg = load_config(resolve_preset("smoke"), ["eval.split=validation", "eval.validation_size=8",
+                                                "sampling.max_new_tokens=4"])
+    trainer = Trainer(cfg, tmp_path)
+    full = trainer.task.problems("train", cfg.task.train_limit)
+    assert trainer.eval_problems == full[-8:] and trainer.train_problems == full[:-8]
+    with pytest.raises(ConfigError, match="validation_size"):
+        Trainer(load_config(resolve_preset("smoke"), ["eval.split=validation", f"eval.validation_size={len(full)}"]),
+                tmp_path / "x")

@@ -191,6 +191,12 @@ class EvalConfig:
     """Nucleus threshold for sampled evaluation."""
     max_new_tokens: int | None = None
     """Defaults to sampling.max_new_tokens."""
+    split: Literal["eval", "validation"] = "eval"
+    """Which problems evaluation uses: the task's held-out split, or `validation`: the last
+    `validation_size` training problems, then withheld from training (for choosing settings,
+    such as a learning rate, without looking at the held-out split)."""
+    validation_size: int = 200
+    """Training problems withheld for `split: validation`."""
 
 
 @dataclass
@@ -261,6 +267,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     _check_optim(o)
     need(e.every >= 0, "eval.every", "must be >= 0")
     need(e.samples >= 1, "eval.samples", "must be >= 1")
+    need(e.validation_size >= 1, "eval.validation_size", "must be >= 1")
     need(e.temperature >= 0, "eval.temperature", "must be >= 0")
     need(cfg.save_every >= 0, "save_every", "must be >= 0")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")

@@ -154,6 +154,12 @@ class Trainer:
         self.task: Task = build_task(cfg.task.name, **cfg.task.options)
         self.train_problems: list[Problem] = self.task.problems("train", cfg.task.train_limit)
         self.eval_problems: list[Problem] = self.task.problems("eval", cfg.task.eval_limit)
+        if cfg.eval.split == "validation":  # withhold the last training problems and evaluate on them
+            n = cfg.eval.validation_size
+            if n >= len(self.train_problems):
+                raise ConfigError(f"eval.validation_size={n} leaves no training problems "
+                                  f"(the train split has {len(self.train_problems)})")
+            self.train_problems, self.eval_problems = self.train_problems[:-n], self.train_problems[-n:]
         if not self.train_problems:
             raise ValueError(f"task {cfg.task.name!r} has no training problems")
         wants_eval = cfg.eval.at_start or cfg.eval.at_end or cfg.eval.every > 0
