@@ -92,3 +92,43 @@ def test_spo_tree_resume_matches(tree_run, tmp_path, patched_reward):
     assert_same_metrics(read_metrics(tree_run), read_metrics(crashed))
     for it in (2, 3):
         assert lines(tree_run, it) == lines(crashed, it)  # the replay buffer came back too
+
+
+DDP_SCRIPT = '''
+import sys, zlib
+import torch.distributed as dist
+from spo.tasks.registry import Task
+
+def reward(self, problem, text, truncated):
+    if dist.is_initialized() and dist.get_rank() == 1:  # this process's trees carry no signal
+        return 0.0
+    return 1.0 if zlib.crc32(text.encode()) % 7 == 0 else 0.0
+
+Task.reward = reward
+from spo.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_two_processes_where_one_has_no_edges(tmp_path):
+    """Under DDP every process takes the same optimizer steps; one whose trees all carry
+    no signal joins each step with a zero-weight micro-batch instead of hanging."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_tree.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), "train",
+           "--config", "smoke-spo-tree", "--output-dir", str(out), *ARGS[:2], "iterations=2", "eval.at_end=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_metrics(out)
+    assert len(rows) == 2 and any(r["episodes"] > 0 for r in rows)
+    assert (out / "checkpoints" / "iter_000002" / "replay_rank1.json").is_file()  # two processes ran
+    for it in (1, 2):
+        trees = [r for r in lines(out, it) if r["kind"] == "tree"]
+        assert len(trees) == 4
+        quiet = [t for t in trees if t["group_id"] % 2 == 1]  # rank 1's prompts
+        assert quiet and all(not t["edges"] for t in quiet)

@@ -106,9 +106,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 
 
 def test_two_process_accelerate_run(tmp_path):
+    # `--multi_gpu` makes accelerate start 2 processes through torchrun; with no GPU each
+    # runs on the CPU and they talk over gloo. (`--cpu --num_processes 2` starts only one.)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "spo.cli", "train",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "spo.cli", "train",
            "--config", "smoke", "--output-dir", str(out), *FAST]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -116,7 +118,7 @@ def test_two_process_accelerate_run(tmp_path):
     assert [r["episodes"] for r in rows] == [16, 16]  # the same global batch as one process
     lines = (out / "episodes" / "iter_000001.jsonl").read_text().splitlines()
     assert len(lines) == 16
-    assert latest_checkpoint(out) is not None
+    assert (latest_checkpoint(out) / "rng_rank1.pt").is_file()  # a second process really ran
 
 
 def test_spo_eval_on_a_run_folder(smoke_run, tmp_path, capsys):
