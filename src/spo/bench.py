@@ -141,7 +141,7 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
     curves: dict[str, list] = {}
     for method in b.methods:
         runs = [out / "runs" / method / f"seed{s}" for s in b.seeds]
-        curves[method] = [learning_curve(read_metrics(r, kind="train") + read_metrics(r, kind="eval"), b.metric)
+        curves[method] = [learning_curve(read_metrics(r, kind=None), b.metric)
                           for r in runs if (r / DONE_FILE).is_file()]
     summaries = [summarize_method(m, c, b.target_accuracy) for m, c in curves.items() if c]
     if not summaries:

@@ -200,6 +200,14 @@ def hash_split(problems: list[Problem], eval_size: int) -> tuple[list[Problem], 
     return train, evals
 
 
+def withhold_last(problems: list[Problem], n: int, key: str) -> tuple[list[Problem], list[Problem]]:
+    """(the rest, the last `n`): a validation set withheld from training. `key` names the
+    option that set `n`, for the error when nothing would be left to train on."""
+    if n >= len(problems):
+        raise ValueError(f"{key}={n} leaves no training problems (the train split has {len(problems)})")
+    return problems[:-n], problems[-n:]
+
+
 def drop_overlap(problems: list[Problem], reference: list[Problem]) -> list[Problem]:
     """`problems` minus those whose question text also occurs in `reference`, and minus
     repeated questions (first kept): keeps eval sets honest."""

@@ -42,7 +42,7 @@ from spo.partition.segments import cutpoint_boundaries, cutpoints_from_logprobs,
 from spo.sample.engine import SamplingParams
 from spo.sample.hf_engine import HFEngine, compute_logprobs
 from spo.sample.tree import Tree, sample_trees
-from spo.tasks.problems import Problem
+from spo.tasks.problems import Problem, withhold_last
 from spo.tasks.registry import Task, build_task
 from spo.train import checkpoint as ckpt
 from spo.train.optim import build_optimizer
@@ -155,11 +155,11 @@ class Trainer:
         self.train_problems: list[Problem] = self.task.problems("train", cfg.task.train_limit)
         self.eval_problems: list[Problem] = self.task.problems("eval", cfg.task.eval_limit)
         if cfg.eval.split == "validation":  # withhold the last training problems and evaluate on them
-            n = cfg.eval.validation_size
-            if n >= len(self.train_problems):
-                raise ConfigError(f"eval.validation_size={n} leaves no training problems "
-                                  f"(the train split has {len(self.train_problems)})")
-            self.train_problems, self.eval_problems = self.train_problems[:-n], self.train_problems[-n:]
+            try:
+                self.train_problems, self.eval_problems = withhold_last(
+                    self.train_problems, cfg.eval.validation_size, "eval.validation_size")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if not self.train_problems:
             raise ValueError(f"task {cfg.task.name!r} has no training problems")
         wants_eval = cfg.eval.at_start or cfg.eval.at_end or cfg.eval.every > 0

@@ -80,7 +80,8 @@ class RunLog:
             self._tb.close()
 
 
-def read_metrics(run_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | Path, kind: str | None = "train") -> list[dict[str, Any]]:
+    """Lines of metrics.jsonl of one kind ("train" or "eval"), or all of them (kind=None)."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind", "train") == kind]
+    return rows if kind is None else [r for r in rows if r.get("kind", "train") == kind]

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from spo.config import ConfigError, SFTConfig, save_config, to_dict
-from spo.tasks.problems import Problem
+from spo.tasks.problems import Problem, withhold_last
 from spo.tasks.prompts import build_prompt_text
 
 log = logging.getLogger("spo.sft")
@@ -186,10 +186,7 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     eval_problems = task.problems("eval", cfg.task.eval_limit)
     val_problems = eval_problems
     if cfg.val_size:  # choose the model on held-back training problems, not on the eval split
-        if cfg.val_size >= len(train_problems):
-            raise ValueError(f"sft: val_size={cfg.val_size} leaves no training problems (train split: "
-                             f"{len(train_problems)})")
-        train_problems, val_problems = train_problems[: -cfg.val_size], train_problems[-cfg.val_size :]
+        train_problems, val_problems = withhold_last(train_problems, cfg.val_size, "sft: val_size")
     if not train_problems:
         raise ValueError(f"task {cfg.task.name!r} has no training problems")
 
