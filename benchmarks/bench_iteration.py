@@ -68,7 +68,7 @@ def build_run_config(config: str, overrides: list[str]):
 
     If the preset `demo` is not there (yet), falls back to the smoke preset switched to
     the real pretrained model (no shape overrides, bfloat16), and says so."""
-    from spo.cli import resolve_preset
+    from spo.presets import resolve_preset
     from spo.config import ConfigError, build_config, load_yaml
 
     try:
@@ -90,10 +90,10 @@ def build_run_config(config: str, overrides: list[str]):
 
 
 def spo_settings(cfg) -> dict[str, Any]:
-    from spo.models import load_config, resolve_dtype
+    from spo.models import load_model_config, resolve_dtype
 
     s, a, o, m = cfg.sampling, cfg.algorithm, cfg.optim, cfg.model
-    dtype = resolve_dtype(m.dtype, load_config(m.name_or_path, m.config_overrides or None))
+    dtype = resolve_dtype(m.dtype, load_model_config(m.name_or_path, m.config_overrides or None))
     return {
         "model": m.name_or_path, "dtype": str(dtype).removeprefix("torch."), "dtype_option": m.dtype, "random_init": m.random_init, "lora": m.lora.enabled,
         "gradient_checkpointing": m.gradient_checkpointing,
@@ -149,15 +149,16 @@ def run_spo(cfg, iterations: int = 1, warmup: bool = True) -> dict[str, Any]:
         first = 0
         if warmup:
             t0 = time.perf_counter()
-            rec = trainer._iteration(0, progress)
+            rec = trainer.step(0, progress)
             out["warmup_wall_s"] = time.perf_counter() - t0
             out["warmup_tokens"] = rec["tokens_generated"]
             first = 1
         for it in range(first, first + iterations):
             t0 = time.perf_counter()
-            rec = trainer._iteration(it, progress)
+            rec = trainer.step(it, progress)
             wall = time.perf_counter() - t0
             row = {k: float(rec[f"time_{k}"]) for k in PHASES}
+            row["estimate"] += rec.get("time_old_logprobs", 0.0)  # recomputed old log-probs: TRL counts them there
             row.update(iteration=it, wall=wall, tokens=int(rec["tokens_generated"]),
                        episodes=int(rec["episodes"]), reward_mean=float(rec["reward_mean"]),
                        response_len_mean=float(rec["response_len_mean"]))
@@ -190,7 +191,7 @@ def trl_prompts(cfg, task, tokenizer, problems, iterations: int):
     """The dataset rows TRL trains on: spo's prompts for iterations 0..iterations-1, in
     spo's order, as conversational messages (chat format) or pre-templated text (plain)."""
     from spo.tasks.prompts import build_prompt_text, has_chat_template, user_message
-    from spo.train.loop import iteration_prompts
+    from spo.seeds import iteration_prompts
 
     chat = cfg.task.prompt_format == "chat" and has_chat_template(tokenizer)
     rows = []
@@ -263,7 +264,7 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
     """GRPOConfig keyword arguments matched to `cfg`, and the differences that remain."""
     import torch
 
-    from spo.models import load_config, resolve_dtype
+    from spo.models import load_model_config, resolve_dtype
 
     s, a, o, m = cfg.sampling, cfg.algorithm, cfg.optim, cfg.model
     diffs: list[str] = []
@@ -277,7 +278,7 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
         raise ValueError(f"prompts x group ({n}) must be a multiple of micro_batch_size ({a.micro_batch_size}) for TRL")
     if n % mini:
         diffs.append(f"last mini-batch of spo is smaller ({n % mini} of {mini}); TRL's is full size")
-    dtype = resolve_dtype(m.dtype, load_config(m.name_or_path, m.config_overrides or None))
+    dtype = resolve_dtype(m.dtype, load_model_config(m.name_or_path, m.config_overrides or None))
     cuda = torch.cuda.is_available()
     steps = steps_per_iteration(cfg)
     warmup_steps = int(math.ceil(o.warmup_ratio * cfg.iterations * steps))

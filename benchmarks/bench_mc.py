@@ -9,12 +9,14 @@ sends the same MC states to the engine twice with the same seed: once with each 
 prefix encoded once and shared by its N continuations (spo's default), once re-encoding
 it for every continuation (what `model.generate` on repeated prompts does). Part 2 runs
 iteration 0 of the trainer with each estimator from the same initial weights, so both see
-the same prompts and the same sampled responses. Ratios are of runs in this process.
+the same prompts and the same sampled responses; SPO-chain's time is split into its
+stages (partition, MC values, advantages). Ratios are of runs in this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -25,36 +27,38 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from spo.cli import resolve_preset  # noqa: E402
 from spo.config import load_config  # noqa: E402
-from spo.train.loop import Episode, Trainer, iteration_prompts, sampling_seed  # noqa: E402
+from spo.partition.segments import partition_response  # noqa: E402
+from spo.presets import resolve_preset  # noqa: E402
+from spo.seeds import SALT_SAMPLE  # noqa: E402
+from spo.train.loop import Trainer  # noqa: E402
 from spo.train.progress import Progress  # noqa: E402
 
 
 def mc_throughput(cfg) -> dict:
     """Part 1: the same MC states through the engine, prefill shared vs re-encoded."""
+    a = cfg.algorithm
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp))
-        engine = trainer.engine
-        indices = iteration_prompts(len(trainer.train_problems), cfg.sampling.prompts_per_iteration, 0, cfg.seed)
-        contexts = [trainer._prompt_ids(i) for i in indices]
-        params = trainer._sampling_params(sampling_seed(cfg.seed, 0, 0))
+        ctx, engine = trainer.algorithm.ctx, trainer.engine
+        contexts = [ctx.prompt_ids(i) for i, _ in ctx.prompts(0)]
+        params = ctx.sampling_params(0, SALT_SAMPLE)
         rollouts = engine.generate(contexts, params, n=cfg.sampling.group_size)
         states, budgets = [], []
         seen = set()
         for group in rollouts:
             for r in group:
-                ep = Episode(0, 0, r.context_ids, r.response_ids, r.logprobs, r.finish_reason)
-                bounds, _ = trainer._boundaries(ep)
+                bounds, _ = partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
+                                               segment_length=a.segment_length, max_segments=a.max_segments)
                 for t in bounds[1:-1]:
                     key = tuple(r.context_ids + r.response_ids[:t])
                     if key not in seen:
                         seen.add(key)
                         states.append(list(key))
                         budgets.append(cfg.sampling.max_new_tokens - t)
-        n = cfg.algorithm.mc_samples
+        n = a.mc_samples
         out = {"responses": sum(len(g) for g in rollouts), "states": len(states), "mc_samples": n}
-        mc_params = trainer._sampling_params(seed=12345)
+        mc_params = dataclasses.replace(params, seed=12345)
         for name, share in [("shared_prefill", True), ("re_encoded", False)]:
             engine.share_prefill = share
             t0 = time.perf_counter()
@@ -71,14 +75,17 @@ def mc_throughput(cfg) -> dict:
     return out
 
 
+PHASES = ["sample", "score", "partition", "values", "estimate", "optimize", "total"]
+
+
 def iteration_phases(cfg, estimator: str) -> dict:
     """Part 2: iteration 0 with `estimator`, phases in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg.algorithm.estimator = estimator
         trainer = Trainer(cfg, Path(tmp))
-        record = trainer._iteration(0, Progress(enabled=False, quiet=True))
-    keys = ["time_sample", "time_score", "time_estimate", "time_optimize", "time_total",
-            "tokens_generated", "mc_tokens", "tokens_generated_total", "reward_mean", "loss_tokens_frac"]
+        record = trainer.step(0, Progress(enabled=False, quiet=True))
+    keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", "reward_mean",
+                                            "loss_tokens_frac"]
     return {k: record.get(k, 0) for k in keys}
 
 
@@ -104,7 +111,7 @@ def main() -> int:
                                                   for k, v in results[est].items()), flush=True)
         g, c = results["grpo"], results["spo_chain"]
         print("\nphase (s)        grpo   spo_chain   ratio")
-        for k in ("time_sample", "time_score", "time_estimate", "time_optimize", "time_total"):
+        for k in (f"time_{p}" for p in PHASES):
             print(f"{k[5:]:12s} {g[k]:8.2f} {c[k]:10.2f} {c[k] / max(g[k], 1e-9):7.2f}")
         print(f"tokens       {g['tokens_generated_total']:8.0f} {c['tokens_generated_total']:10.0f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ Ratios are of runs in this process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,17 +29,19 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spo.cli import resolve_preset  # noqa: E402
 from spo.config import load_config  # noqa: E402
 from spo.estimate.segment import segment_advantages  # noqa: E402
+from spo.presets import resolve_preset  # noqa: E402
 from spo.sample.tree import sample_trees  # noqa: E402
-from spo.train.loop import Episode, Trainer, iteration_prompts, sampling_seed  # noqa: E402
+from spo.seeds import SALT_SAMPLE  # noqa: E402
+from spo.train.loop import Trainer  # noqa: E402
+from spo.train.progress import Progress  # noqa: E402
 
 
 def _prompts(trainer: Trainer) -> tuple[list[int], list[list[int]]]:
-    cfg = trainer.cfg
-    indices = iteration_prompts(len(trainer.train_problems), cfg.sampling.prompts_per_iteration, 0, cfg.seed)
-    return indices, [trainer._prompt_ids(i) for i in indices]
+    ctx = trainer.algorithm.ctx
+    indices = [i for i, _ in ctx.prompts(0)]
+    return indices, [ctx.prompt_ids(i) for i in indices]
 
 
 def tree_samples(cfg) -> dict:
@@ -46,15 +49,16 @@ def tree_samples(cfg) -> dict:
     a = cfg.algorithm
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp))
+        algorithm = trainer.algorithm
         indices, contexts = _prompts(trainer)
-        params = trainer._sampling_params(sampling_seed(cfg.seed, 0, 0))
+        params = algorithm.ctx.sampling_params(0, SALT_SAMPLE)
         t0 = time.perf_counter()
         trees = sample_trees(trainer.engine, contexts, params, a.tree_branching, a.segment_length)
         seconds = time.perf_counter() - t0
         edges = nonzero = leaves = 0
         for gid, (tree, pi) in enumerate(zip(trees, indices)):
-            rewards = trainer._score_leaves(tree, pi)
-            signal, record = trainer._tree_edges(tree, pi, gid, rewards, 0)
+            rewards = algorithm.leaf_rewards(tree, pi)
+            signal, record = algorithm.tree_edges(tree, pi, gid, rewards, 0)
             edges += len(tree.nodes) - 1
             nonzero += len(signal)
             leaves += sum(n["leaf"] for n in record["nodes"])
@@ -64,27 +68,25 @@ def tree_samples(cfg) -> dict:
 
 
 def chain_samples(cfg) -> dict:
-    """Part 1, SPO-chain: segments and tokens (responses + MC) of iteration 0."""
+    """Part 1, SPO-chain: segments and tokens (responses + MC) of iteration 0 (its whole
+    collect step: sample, score, partition, MC values, advantages)."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp))
-        indices, contexts = _prompts(trainer)
-        params = trainer._sampling_params(sampling_seed(cfg.seed, 0, 0))
+        indices, _ = _prompts(trainer)
         t0 = time.perf_counter()
-        rollouts = trainer.engine.generate(contexts, params, n=cfg.sampling.group_size)
-        episodes = [Episode(pi, gid, r.context_ids, r.response_ids, r.logprobs, r.finish_reason)
-                    for gid, (pi, group) in enumerate(zip(indices, rollouts)) for r in group]
-        trainer._score(episodes)
-        boundaries, values = trainer._chain_values(episodes, 0)
+        batch = trainer.algorithm.collect(0, Progress(enabled=False, quiet=True))
         seconds = time.perf_counter() - t0
-        segments = sum(len(b) - 1 for b in boundaries)
+        responses = batch.samples
+        segments = sum(len(r.details.boundaries) - 1 for r in responses)
         nonzero = 0
-        for b, v in zip(boundaries, values):
-            per_token = segment_advantages(b, v)
+        for r in responses:
+            b = r.details.boundaries
+            per_token = segment_advantages(b, r.details.values)
             nonzero += sum(1 for k in range(1, len(b)) if abs(per_token[b[k - 1]]) >= 1e-9)
-        tokens = sum(len(e.response_ids) for e in episodes) + trainer.counts["mc_tokens"]
+        mc_tokens = batch.work["mc_tokens"]
+        tokens = batch.tokens_generated + mc_tokens
     return {"prompts": indices, "segment_samples": segments, "nonzero_samples": nonzero,
-            "complete_responses": len(episodes), "tokens": tokens, "mc_tokens": trainer.counts["mc_tokens"],
-            "seconds": seconds}
+            "complete_responses": len(responses), "tokens": tokens, "mc_tokens": mc_tokens, "seconds": seconds}
 
 
 def tree_throughput(cfg) -> dict:
@@ -94,7 +96,7 @@ def tree_throughput(cfg) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp))
         _, contexts = _prompts(trainer)
-        params = trainer._sampling_params(seed=4242)
+        params = dataclasses.replace(trainer.algorithm.ctx.sampling_params(0, SALT_SAMPLE), seed=4242)
         token_ids = {}
         for name, share in [("shared_prefix", True), ("re_encoded", False)]:
             trainer.engine.share_prefill = share

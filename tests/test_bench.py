@@ -9,7 +9,7 @@ import math
 import pytest
 
 from spo.bench import DONE_FILE, load_bench_config
-from spo.cli import main, resolve_preset
+from spo.cli import main
 from spo.config import ConfigError
 from spo.evaluate.compare import (
     CurvePoint,
@@ -18,6 +18,7 @@ from spo.evaluate.compare import (
     markdown_table,
     summarize_method,
 )
+from spo.presets import resolve_preset
 from spo.train.run_log import read_metrics
 
 

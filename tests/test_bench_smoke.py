@@ -45,7 +45,7 @@ def test_trl_settings_match_spo(bench, tokenizer):
     from trl import GRPOConfig
 
     from spo.tasks.registry import build_task
-    from spo.train.loop import iteration_prompts
+    from spo.seeds import iteration_prompts
 
     cfg, _ = bench.build_run_config("smoke", TINY + ["algorithm.kl_coef=0.0"])
     kw, diffs = bench.trl_config_kwargs(cfg, total_iterations=2, output_dir="unused")

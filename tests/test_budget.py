@@ -7,7 +7,7 @@ import pytest
 
 from spo.cli import main
 from spo.config import ConfigError, load_config
-from spo.cli import resolve_preset
+from spo.presets import resolve_preset
 from spo.train.run_log import read_metrics
 
 TINY = ["sampling.max_new_tokens=8", "task.eval_limit=4", "iterations=5"]

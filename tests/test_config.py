@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spo.cli import PRESETS_DIR, main, resolve_preset
+from spo.cli import main
 from spo.config import (
     ConfigError,
     build_config,
@@ -15,6 +15,7 @@ from spo.config import (
     save_config,
     to_dict,
 )
+from spo.presets import PRESETS_DIR, resolve_preset
 
 
 def test_defaults_are_valid():

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from spo.sample.engine import Rollout, SamplingParams
+from spo.optimize.logprobs import TokenLogprobs, compute_logprobs
 from spo.sample.hf_engine import (
     HFEngine,
     PreallocLayer,
-    TokenLogprobs,
     _sample,
-    compute_logprobs,
     default_stop_token_ids,
 )
 

@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from spo import models
+from spo.cache import cache_dir
 from spo.models import (
     DEFAULT_MODEL,
     find_gguf_file,
+    is_lora,
     load_policy,
     load_reference,
     load_tokenizer,
     num_parameters,
     resolve_dtype,
     resolve_model_path,
+    save_hf_model,
 )
 
 from conftest import TINY_OVERRIDES as TINY
@@ -201,12 +204,29 @@ def test_load_reference_frozen(tiny_model_dir, tiny_model):
     assert all(p.requires_grad for p in tiny_model.parameters())  # original untouched
 
 
+def test_save_hf_model_merges_lora_into_a_copy(tiny_model_dir, tokenizer, tmp_path):
+    m = load_policy(tiny_model_dir, dtype="float32", lora={"r": 4, "lora_alpha": 8}, seed=0)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.05)  # lora_B starts at zero: make the adapters matter
+    assert is_lora(m)
+    save_hf_model(m, tmp_path / "out", tokenizer)
+    assert is_lora(m) and any(p.requires_grad for p in m.parameters())  # the trained model is untouched
+    saved = load_policy(str(tmp_path / "out"), dtype="float32")
+    assert not is_lora(saved)
+    assert load_tokenizer(str(tmp_path / "out")).encode("Hello world") == tokenizer.encode("Hello world")
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(saved(x).logits, m(x).logits, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_default_model_loads():
     """Real SmolLM2 weights (converted from the GGUF on first use, ~30 s once)."""
     path = Path(resolve_model_path(DEFAULT_MODEL))
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-    assert path.parent.parent == models.cache_dir()
+    assert path.parent.parent == cache_dir()
     m = load_policy(DEFAULT_MODEL, dtype="bfloat16")
     assert num_parameters(m) == 134_515_008
     assert m.config.num_hidden_layers == 30 and m.config.vocab_size == 49152

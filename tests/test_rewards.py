@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from spo.tasks import rewards
+from spo.tasks import grader
+from spo.tasks.grader import math_answers_equal
 from spo.tasks.problems import Problem
 from spo.tasks.registry import build_task
 from spo.tasks.rewards import (
@@ -18,7 +19,6 @@ from spo.tasks.rewards import (
     extract_boxed,
     extract_gsm8k_answer,
     format_number,
-    math_answers_equal,
     normalize_math_answer,
     numbers_equal,
     parse_number,
@@ -247,7 +247,7 @@ def test_math_grader_from_worker_thread() -> None:
 
 def test_math_grader_worker_restarts_after_dying() -> None:
     assert math_answers_equal("0.5", "\\frac{1}{2}", backend="process") is True
-    for worker in list(rewards._idle_workers):
+    for worker in list(grader._idle_workers):
         worker.proc.kill()
         worker.proc.wait()
     assert math_answers_equal("0.25", "\\frac{1}{4}", backend="process") is True

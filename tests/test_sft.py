@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from spo.cli import PRESETS_DIR, main
+from spo.cli import main
 from spo.config import ConfigError, build_sft_config, load_config, load_sft_config, to_dict
+from spo.presets import PRESETS_DIR
 
 TINY = {
     "model": {
@@ -118,11 +119,15 @@ def test_cli_reports_a_cached_model(trained, in_cache, tmp_path, capsys):
 
 def test_sft_prefix_names_the_trained_model(trained, in_cache, tmp_path):
     from spo.models import load_tokenizer, resolve_model_path
+    from spo.train.sft import resolve_model_name
 
     preset = tmp_path / "tiny-sft.yaml"
     preset.write_text(yaml.safe_dump(TINY))
-    assert resolve_model_path(f"sft:{preset}") == str(trained.path)
-    assert load_tokenizer(f"sft:{preset}").eos_token_id is not None
+    assert resolve_model_name(f"sft:{preset}") == str(trained.path)
+    assert load_tokenizer(resolve_model_name(f"sft:{preset}")).eos_token_id is not None
+    assert resolve_model_name("tiny-char-llama") == "tiny-char-llama"  # other names: unchanged
+    with pytest.raises(ValueError, match="spo.train.sft.resolve_model_name"):
+        resolve_model_path(f"sft:{preset}")  # the model loader does not train models
 
 
 def test_same_config_trains_the_same_weights(trained, tmp_path):

@@ -8,6 +8,7 @@ the point here is the trainer's bookkeeping, not learning."""
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 
 import pytest
@@ -94,6 +95,26 @@ def test_spo_tree_resume_matches(tree_run, tmp_path, patched_reward):
         assert lines(tree_run, it) == lines(crashed, it)  # the replay buffer came back too
 
 
+def test_resume_reads_the_replay_buffer_of_older_checkpoints(tree_run, tmp_path, patched_reward):
+    """Checkpoints written before the algorithm modules kept the buffer in replay_rank{r}.json,
+    each edge with its method fields in a `segments` dict and its value in `reward`."""
+    old = tmp_path / "old"
+    shutil.copytree(tree_run, old)
+    states = {k: json.loads((old / "checkpoints" / f"iter_{k:06d}" / "algorithm_rank0.json").read_text())
+              for k in (1, 2)}
+    last_good = next((k for k in (1, 2) if states[k]["replay"]), None)
+    assert last_good, "no edge was parked: nothing to check"
+    ckpt, state = old / "checkpoints" / f"iter_{last_good:06d}", states[last_good]
+    own = ("node", "parent", "depth", "value", "parent_value", "edge_advantage", "sampled_iteration", "replayed", "age")
+    legacy = [[born, {**{k: v for k, v in e.items() if k not in own}, "reward": e["value"],
+                      "segments": {k: e[k] for k in own}}] for born, e in state["replay"]]
+    (ckpt / "replay_rank0.json").write_text(json.dumps(legacy))
+    (ckpt / "algorithm_rank0.json").unlink()
+    resumed = resume_after_crash(old, tmp_path / "x", last_good=last_good)
+    for it in range(last_good + 1, 4):
+        assert lines(tree_run, it) == lines(resumed, it)
+
+
 DDP_SCRIPT = '''
 import sys, zlib
 import torch.distributed as dist
@@ -126,7 +147,7 @@ def test_two_processes_where_one_has_no_edges(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(out)
     assert len(rows) == 2 and any(r["episodes"] > 0 for r in rows)
-    assert (out / "checkpoints" / "iter_000002" / "replay_rank1.json").is_file()  # two processes ran
+    assert (out / "checkpoints" / "iter_000002" / "algorithm_rank1.json").is_file()  # two processes ran
     for it in (1, 2):
         trees = [r for r in lines(out, it) if r["kind"] == "tree"]
         assert len(trees) == 4

@@ -83,9 +83,9 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import spo.train.loop as loop
+    import spo.optimize.losses as losses
 
-    real = loop.ppo_clip_loss
+    real = losses.ppo_clip_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # healthy in iteration 1 (2 mini x 2 micro-batches), NaN after
@@ -93,7 +93,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
         loss, stats = real(*args, **kwargs)
         return (loss * float("nan") if calls["n"] > 4 else loss), stats
 
-    monkeypatch.setattr(loop, "ppo_clip_loss", poisoned)
+    monkeypatch.setattr(losses, "ppo_clip_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match="iteration 2: loss is nan"):
         run_train(tmp_path, "iterations=3", "save_every=1")
     good = latest_checkpoint(tmp_path)

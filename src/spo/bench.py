@@ -31,13 +31,14 @@ from typing import Any
 from spo.config import (
     ConfigError,
     RunConfig,
-    _from_dict,
+    from_dict,
     apply_overrides,
     build_config,
     load_yaml,
     to_dict,
 )
 from spo.evaluate.compare import MethodSummary, learning_curve, markdown_table, summarize_method
+from spo.train.loop import Trainer
 from spo.train.run_log import read_metrics
 
 log = logging.getLogger("spo.bench")
@@ -74,7 +75,7 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfi
     unknown = set(data) - {"bench", "run"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a bench preset has `bench` and `run`")
-    cfg = BenchConfig(_from_dict(BenchOptions, data.get("bench") or {}, prefix="bench."), data.get("run") or {})
+    cfg = BenchConfig(from_dict(BenchOptions, data.get("bench") or {}, prefix="bench."), data.get("run") or {})
     b = cfg.bench
     if not b.methods:
         raise ConfigError("bench.methods: at least one method")
@@ -109,8 +110,6 @@ def budget_description(rc: RunConfig) -> str:
 
 
 def _run_one(rc: RunConfig, run_dir: Path) -> None:
-    from spo.train.loop import Trainer
-
     if (run_dir / DONE_FILE).is_file():
         log.info("%s: finished earlier, not repeated", run_dir)
         return

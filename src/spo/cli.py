@@ -25,25 +25,11 @@ import time
 from pathlib import Path
 
 from spo.config import ConfigError, RunConfig, SFTConfig, build_config, build_sft_config, describe_options, load_yaml
+from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
 from spo.tasks.problems import DataError
 
-PRESETS_DIR = Path(__file__).parent / "configs"
-DEFAULT_PRESET = "demo"
-
-
-def resolve_preset(name: str) -> Path:
-    """A path to a YAML file, or the name of a preset shipped with spo (`demo`, `smoke`, ...)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = PRESETS_DIR / (name if name.endswith(".yaml") else name + ".yaml")
-    if shipped.is_file():
-        return shipped
-    shipped = PRESETS_DIR / path.name
-    if path.parent.name == "configs" and shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file not found: {name} (shipped presets: {known})")
+# Each command imports the stages it runs when it runs, so that `spo options` and `--help`
+# answer at once, without loading torch and transformers.
 
 
 def _config(config: str | None, overrides: list[str], base: dict | None = None) -> RunConfig:
@@ -75,12 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from spo.evaluate.evaluator import evaluate, summarize
+    from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
     from spo.models import load_policy, load_tokenizer
-    from spo.sample.engine import SamplingParams
-    from spo.sample.hf_engine import HFEngine
+    from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
     from spo.train.checkpoint import latest_checkpoint
+    from spo.train.sft import resolve_model_name
 
     model_path = args.model
     run_cfg = None
@@ -91,18 +77,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_path = str(ck / "model")
         run_cfg = load_yaml(Path(args.model, "config.yaml"))
     cfg = _config(args.config, args.overrides, base=run_cfg)
+    model_path = resolve_model_name(model_path)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg.task.name, **cfg.task.options)
     problems = task.problems("eval", args.limit if args.limit is not None else cfg.task.eval_limit)
-    tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer else cfg.model.tokenizer)
+    tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer else resolve_model_name(cfg.model.tokenizer))
     model = load_policy(model_path, dtype=cfg.model.dtype)
-    engine = HFEngine(model, tokenizer, batch_size=cfg.sampling.batch_size)
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens or cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
-        temperature=args.temperature if args.temperature is not None else cfg.eval.temperature,
-        top_p=cfg.eval.top_p,
-        seed=cfg.seed,
-    )
+    engine = build_engine(cfg.sampling, model, tokenizer)
+    params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed,
+                               max_new_tokens=args.max_new_tokens or None, temperature=args.temperature)
     k = args.samples or cfg.eval.samples
     t0 = time.perf_counter()
     result = evaluate(engine, tokenizer, task, problems, params, k=k,

@@ -94,7 +94,8 @@ class SamplingConfig:
     top_k: int = 0
     """Top-k sampling (0 disables)."""
     engine: Literal["hf"] = "hf"
-    """Rollout engine."""
+    """Rollout engine (spo.sample.factory): `hf`, spo's own decode loop over the policy's
+    weights (shared with the trainer, so nothing to sync)."""
     batch_size: int = 64
     """Sequences decoded together by the engine."""
 
@@ -102,7 +103,8 @@ class SamplingConfig:
 @dataclass
 class AlgorithmConfig:
     estimator: str = "grpo"
-    """Advantage estimator name from the registry (`grpo`, `rloo`, ...)."""
+    """The algorithm (spo.algorithms): `grpo` (`scale_by_std: false` is Dr.GRPO), `rloo`,
+    `reinforce` (outcome rewards), `reinforce_pp` (REINFORCE++), `spo_chain`, `spo_tree`."""
     scale_by_std: bool = True
     """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
     clip_eps: float = 0.2
@@ -347,7 +349,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} options, got {value!r}")
-        return _from_dict(tp, value, prefix=key + ".")
+        return from_dict(tp, value, prefix=key + ".")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -384,7 +386,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported option type {tp}")  # a bug in this file
 
 
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """An instance of the dataclass `cls` from a nested dict; unknown keys and wrong types
+    raise ConfigError naming the key (`prefix` + its name)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -455,7 +459,7 @@ def apply_overrides(data: dict | None, overrides: list[str] = ()) -> dict:
 
 def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
-    cfg = _from_dict(RunConfig, apply_overrides(data, overrides))
+    cfg = from_dict(RunConfig, apply_overrides(data, overrides))
     _check_ranges(cfg)
     return cfg
 
@@ -566,7 +570,7 @@ def _check_sft_ranges(cfg: SFTConfig) -> None:
 
 def _fill_defaults(default: Any, data: dict) -> dict:
     """`data` with every option it leaves out taken from the dataclass instance `default`,
-    section by section: `_from_dict` alone would build a section that is given at all
+    section by section: `from_dict` alone would build a section that is given at all
     (`optim: {lr: 3e-3}`) from its class defaults, dropping SFTConfig's own ones."""
     out = dict(data)
     for f in dataclasses.fields(default):
@@ -581,7 +585,7 @@ def _fill_defaults(default: Any, data: dict) -> dict:
 def build_sft_config(data: dict | None = None, overrides: list[str] = ()) -> SFTConfig:
     """SFTConfig defaults <- `data` (nested dict, e.g. a YAML preset) <- `overrides` (`a.b=value`)."""
     merged = _fill_defaults(SFTConfig(), apply_overrides(data, overrides))
-    cfg = _from_dict(SFTConfig, merged)
+    cfg = from_dict(SFTConfig, merged)
     _check_sft_ranges(cfg)
     return cfg
 

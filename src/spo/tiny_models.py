@@ -25,6 +25,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from spo.cache import cache_dir, staged_folder
+
 TINY_CHAR_LLAMA = "tiny-char-llama"
 VERSION = 1
 """Bump when the vocabulary or the default architecture changes: the cached folder's name
@@ -92,8 +94,6 @@ def write_tiny_char_llama(out_dir: str | os.PathLike, *, seed: int = 0, **overri
     import torch
     from transformers import LlamaForCausalLM
 
-    from spo.models import staged_folder
-
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
@@ -110,6 +110,4 @@ def write_tiny_char_llama(out_dir: str | os.PathLike, *, seed: int = 0, **overri
 
 def tiny_char_llama_dir() -> Path:
     """The cached `tiny-char-llama` folder, built on first use (well under a second)."""
-    from spo.models import cache_dir
-
     return write_tiny_char_llama(cache_dir() / "models" / f"{TINY_CHAR_LLAMA}-v{VERSION}")

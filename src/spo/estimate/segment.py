@@ -45,8 +45,3 @@ def spo_chain(inputs: EstimatorInputs) -> Tensor:
         if n:
             out[i, :n] = torch.tensor(segment_advantages(b, v), dtype=torch.float32, device=mask.device)
     return out
-
-
-
-# The trainer estimates boundary values by MC (spo.estimate.chain_values) before calling it.
-spo_chain.needs_chain_values = True  # type: ignore[attr-defined]

@@ -87,7 +87,3 @@ def spo_tree(inputs: EstimatorInputs) -> Tensor:
     mask = inputs.response_mask.to(torch.float32)
     adv = torch.as_tensor(inputs.extras["edge_advantages"], dtype=torch.float32, device=mask.device)
     return adv[:, None] * mask
-
-
-# The trainer samples trees (spo.sample.tree) instead of groups and trains on their edges.
-spo_tree.needs_tree = True  # type: ignore[attr-defined]

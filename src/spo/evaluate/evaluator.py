@@ -6,11 +6,23 @@ over the per-problem rows, so results gathered from several processes can be mer
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from spo.config import EvalConfig
 from spo.evaluate.metrics import maj_at_k, mean_accuracy, pass_at_k
 from spo.sample.engine import RolloutEngine, SamplingParams
+from spo.tasks.scoring import decode_and_score
+
+
+def evaluation_params(e: EvalConfig, response_budget: int, seed: int, **overrides: Any) -> SamplingParams:
+    """The sampling settings of an evaluation: `eval.temperature` and `top_p`, up to
+    `eval.max_new_tokens` or else the run's `response_budget` tokens; overrides that are
+    not None (command-line flags) win."""
+    params = SamplingParams(max_new_tokens=e.max_new_tokens or response_budget, temperature=e.temperature,
+                            top_p=e.top_p, seed=seed)
+    return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
@@ -33,13 +45,11 @@ def evaluate(
     rollouts = engine.generate(contexts, params, n=k) if problems else []
     rows = []
     for problem, group in zip(problems, rollouts):
-        texts = tokenizer.batch_decode([r.response_ids for r in group], skip_special_tokens=True)
-        answers, correct, lengths = [], [], []
-        for r, text in zip(group, texts):
-            answer = None if r.truncated else task.extract(text)
-            answers.append(answer)
-            correct.append(task.reward(problem, text, r.truncated) >= 1.0)
-            lengths.append(len(r.response_ids))
+        texts, rewards = decode_and_score(tokenizer, task, [problem] * len(group), [r.response_ids for r in group],
+                                          [r.truncated for r in group])
+        answers = [None if r.truncated else task.extract(text) for r, text in zip(group, texts)]
+        correct = [reward >= 1.0 for reward in rewards]
+        lengths = [len(r.response_ids) for r in group]
         rows.append({
             "id": problem.id,
             "question": problem.question,

@@ -30,7 +30,7 @@ Choices (documented for the user guide):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -44,6 +44,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "whiten_across",
     "policy_loss",
     "ppo_clip_loss",
     "probability_mask",
@@ -103,6 +104,17 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(m, whitened, _zeros_like(whitened))
+
+
+def whiten_across(values: Tensor, mask: Tensor, total: Callable[[float], float] = float) -> Tensor:
+    """`masked_whiten` over the counted tokens of several processes' batches: `total` sums
+    a number over the processes (the identity for one). Population variance; 0 where the
+    mask is 0."""
+    m = mask.to(values.dtype)
+    s, s2, n = (total(float(x)) for x in ((values * m).sum(), (values * values * m).sum(), m.sum()))
+    mean = s / max(n, 1.0)
+    var = max(s2 / max(n, 1.0) - mean * mean, 0.0)
+    return (values - mean) / math.sqrt(var + 1e-8) * m
 
 
 def ppo_clip_loss(
@@ -243,9 +255,10 @@ def policy_loss(
 
     `mask` is the counted-token mask (response mask, possibly AND the probability mask).
     Returns (loss scalar with grad, stats). Stats are Python floats: "loss" (the returned
-    value), "pg_loss" (PPO part, same aggregation), "kl" (token mean of k3 over counted
-    tokens; 0 without ref), "clip_frac", "approx_kl", "ratio_mean" (token means over
-    counted tokens, see `ppo_clip_loss`) and "num_tokens" (counted tokens)."""
+    value), "pg_loss" (token mean of the PPO part over counted tokens, whatever the
+    aggregation: comparable across modes and micro-batches), "kl" (token mean of k3 over
+    counted tokens; 0 without ref), "clip_frac", "approx_kl", "ratio_mean" (token means
+    over counted tokens, see `ppo_clip_loss`) and "num_tokens" (counted tokens)."""
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
     pg, pg_stats = ppo_clip_loss(
@@ -261,7 +274,7 @@ def policy_loss(
     loss = aggregate_loss(per_token, mask, agg_mode, normalizer)
     stats = {
         "loss": float(loss.detach()),
-        "pg_loss": float(aggregate_loss(pg.detach(), mask, agg_mode, normalizer)),
+        "pg_loss": float(masked_mean(pg.detach(), mask)),
         "kl": kl_mean,
         **{k: float(v) for k, v in pg_stats.items()},
         "num_tokens": float(mask.bool().sum()),

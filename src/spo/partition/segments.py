@@ -103,3 +103,23 @@ def check_boundaries(boundaries: Sequence[int], length: int) -> None:
     b = list(boundaries)
     if len(b) < 2 or b[0] != 0 or b[-1] != length or any(x >= y for x, y in zip(b, b[1:])):
         raise ValueError(f"boundaries must rise strictly from 0 to {length}, got {b}")
+
+
+def partition_response(
+    logprobs: Sequence[float],
+    *,
+    rule: str = "cutpoint",
+    rho: float = 0.9,
+    interval: int = 5,
+    segment_length: int = 30,
+    max_segments: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """(boundaries, cutpoints) of one response of len(logprobs) tokens under `rule`:
+    "cutpoint" (`cutpoint_boundaries`) or "fixed" (`fixed_boundaries`). The cutpoints
+    (tokens with probability below rho) are returned either way, for the episode log."""
+    cuts = cutpoints_from_logprobs(logprobs, rho)
+    if rule == "fixed":
+        return fixed_boundaries(len(logprobs), segment_length, max_segments), cuts
+    if rule != "cutpoint":
+        raise ValueError(f"unknown partition rule {rule!r}; known: cutpoint, fixed")
+    return cutpoint_boundaries(cuts, len(logprobs), interval, max_segments), cuts

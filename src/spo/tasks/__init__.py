@@ -1,7 +1,8 @@
 """Tasks: problems (datasets), prompt formats and reward functions.
 
     problems.py  Problem, DataError and the GSM8K / MATH / reasoning-gym loaders
-    rewards.py   answer extraction and grading (pure; math_verify under a time limit)
+    rewards.py   answer extraction and normalisation (pure)
+    grader.py    MATH answers compared by math_verify under a time limit (signal or worker process)
     prompts.py   question -> prompt token ids ("chat" template or the reference's "plain")
     arith.py     procedural multi-step arithmetic with step-by-step gold solutions
     registry.py  Task (problems + extract + reward) and build_task(name, **options)

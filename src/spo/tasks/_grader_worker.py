@@ -1,4 +1,4 @@
-"""Child process for the "process" math-grader backend (see rewards.math_answers_equal).
+"""Child process for the "process" math-grader backend (see grader.math_answers_equal).
 
 Protocol: the parent writes one JSON object per line {"pred", "gold", "timeout_s"}; we
 answer one line {"equal": bool}. Here we are a main thread, so math_verify runs under our
@@ -19,7 +19,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
 
-    from spo.tasks.rewards import math_equal_in_main_thread
+    from spo.tasks.grader import math_equal_in_main_thread
 
     math_equal_in_main_thread("1/2", "\\frac{1}{2}", 30.0)  # warm-up: imports, parser tables
     protocol.write("ready\n")

@@ -29,15 +29,14 @@ from spo.tasks.problems import (
     load_math,
     reasoning_gym_splits,
 )
+from spo.tasks.grader import GraderBackend, math_answers_equal
 from spo.tasks.prompts import PromptStyle, build_prompt_ids
 from spo.tasks.rewards import (
     AnswerFormat,
-    GraderBackend,
     check_answer_format,
     default_instruction,
     extract_answer,
     extract_gsm8k_answer,
-    math_answers_equal,
     normalize_math_answer,
     numbers_equal,
 )
@@ -140,7 +139,7 @@ class Math500Task(Task):
       so a run never trains on the problems it reports.
     eval_size: size of that held-out part (default 100; ignored when train_path is given).
     answer_format: default "boxed" (the last \\boxed{}); instruction as for GSM8K.
-    timeout_s: time limit for grading one answer; grader_backend: see math_answers_equal."""
+    timeout_s: time limit for grading one answer; grader_backend: see spo.tasks.grader.math_answers_equal."""
 
     name = "math500"
 

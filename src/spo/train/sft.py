@@ -6,7 +6,7 @@ accuracy reaches `stop_at_accuracy` (configs/sft-arith.yaml). Reads top to botto
 
     task problems -> examples: prompt ids (exactly as RL and evaluation build them)
                      + solution ids + eos; the loss counts only the solution and eos
-    AdamW (spo.train.optim, warmup + schedule) over seeded shuffled batches
+    AdamW (spo.optimize.optimizer, warmup + schedule) over seeded shuffled batches
     every `eval_every` steps: greedy held-out accuracy (spo.evaluate.evaluator.evaluate),
                      stop once it reaches `stop_at_accuracy`
     save: an HF model folder (safetensors + tokenizer) + sft_config.yaml + sft_metrics.json
@@ -21,7 +21,7 @@ and spo.tiny_models.VERSION (the built-in tiny model's vocabulary and architectu
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,9 +33,17 @@ from typing import Any
 
 import torch
 
-from spo.config import ConfigError, SFTConfig, save_config, to_dict
+from spo.cache import cache_dir, staged_folder
+from spo.config import ConfigError, EvalConfig, SFTConfig, load_sft_config, save_config, to_dict
+from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
+from spo.models import load_policy_from_config, load_tokenizer, num_parameters, save_hf_model
+from spo.optimize.optimizer import build_optimizer
+from spo.presets import resolve_preset
+from spo.seeds import shuffled_positions
 from spo.tasks.problems import Problem, withhold_last
 from spo.tasks.prompts import build_prompt_text
+from spo.tasks.registry import build_task
+from spo.tiny_models import VERSION as TINY_MODELS_VERSION
 
 log = logging.getLogger("spo.sft")
 
@@ -47,6 +55,9 @@ CONFIG_FILE = "sft_config.yaml"
 EVAL_FILE = "sft_eval.jsonl"
 _UNHASHED = ("output_dir", "log_every")  # options that do not change the trained model
 IGNORE_INDEX = -100  # label of tokens the loss skips (the prompt, padding): HF's convention
+SFT_PREFIX = "sft:"
+"""Model names `sft:<preset name or YAML path>` name the model `spo sft` trains with that
+preset (see `resolve_model_name`)."""
 
 
 @dataclass
@@ -64,8 +75,6 @@ class SFTResult:
 
 def config_hash(cfg: SFTConfig) -> str:
     """16 hex digits of sha256 over the options that determine the trained model."""
-    from spo.tiny_models import VERSION as TINY_MODELS_VERSION
-
     options = {k: v for k, v in to_dict(cfg).items() if k not in _UNHASHED}
     key = {"version": SFT_CACHE_VERSION, "tiny_models": TINY_MODELS_VERSION, "config": options}
     text = json.dumps(key, sort_keys=True)
@@ -75,8 +84,6 @@ def config_hash(cfg: SFTConfig) -> str:
 def output_path(cfg: SFTConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
-    from spo.models import cache_dir
-
     return cache_dir() / "sft" / config_hash(cfg)
 
 
@@ -135,32 +142,12 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int, device: torch.de
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "labels": labels.to(device)}
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return tuple(order)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Example indices of 0-based step `step`: consecutive slices of a seeded shuffle,
-    reshuffled every epoch (a pure function of its arguments)."""
-    out = []
-    for pos in range(step * batch_size, (step + 1) * batch_size):
-        epoch, offset = divmod(pos, n)
-        out.append(_epoch_order(n, seed, epoch)[offset])
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # Held-out evaluation (greedy).
 
 def held_out_eval(engine: Any, tokenizer: Any, task: Any, problems: list[Problem], cfg: SFTConfig
                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    from spo.evaluate.evaluator import evaluate, summarize
-    from spo.sample.engine import SamplingParams
-
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
+    params = evaluation_params(EvalConfig(temperature=0.0), cfg.max_new_tokens, cfg.seed)  # greedy
     result = evaluate(engine, tokenizer, task, problems, params, k=1,
                       prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
     return summarize(result.per_problem, 1), result.per_problem
@@ -171,10 +158,7 @@ def held_out_eval(engine: Any, tokenizer: Any, task: Any, problems: list[Problem
 
 def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     """Train as configured and write the model folder `out` (atomically); return its metrics."""
-    from spo.models import load_policy_from_config, load_tokenizer, num_parameters
-    from spo.sample.hf_engine import HFEngine
-    from spo.tasks.registry import build_task
-    from spo.train.optim import build_optimizer
+    from spo.sample.hf_engine import HFEngine  # imports transformers (~1 s): only when training
 
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -191,8 +175,9 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
         raise ValueError(f"task {cfg.task.name!r} has no training problems")
 
     # --- model
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    model = load_policy_from_config(cfg.model, seed=cfg.seed)
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
+    tokenizer = load_tokenizer(resolve_model_name(cfg.model.tokenizer or model_cfg.name_or_path))
+    model = load_policy_from_config(model_cfg, seed=cfg.seed)
     device = next(model.parameters()).device
     max_len = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
     encoded = [encode_example(tokenizer, task, p, cfg.task.prompt_format, cfg.task.system_prompt)
@@ -221,8 +206,9 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     # --- the loop
     model.train()
     for step in range(1, cfg.max_steps + 1):
-        batch = collate([examples[i] for i in batch_indices(len(examples), cfg.batch_size, step - 1, cfg.seed)],
-                        tokenizer.pad_token_id, device)
+        # consecutive slices of a seeded shuffle of the examples, reshuffled every epoch
+        order = shuffled_positions(len(examples), (step - 1) * cfg.batch_size, cfg.batch_size, cfg.seed)
+        batch = collate([examples[i] for i in order], tokenizer.pad_token_id, device)
         loss = model(**batch).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"sft: loss is {loss.item()} at step {step}")
@@ -283,14 +269,9 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
 def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], eval_rows: list[dict[str, Any]],
           out: Path) -> None:
     """Write everything into a temporary sibling of `out`, then rename it into place, so a
-    crash never leaves a folder that looks finished."""
-    from spo.models import staged_folder
-
+    crash never leaves a folder that looks finished. A LoRA model is saved merged."""
     with staged_folder(out) as tmp:
-        if hasattr(model, "merge_and_unload"):  # LoRA: save plain merged weights
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_hf_model(model, tmp, tokenizer)
         save_config(cfg, tmp / CONFIG_FILE)
         (tmp / EVAL_FILE).write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -315,15 +296,21 @@ def ensure_sft_model(cfg: SFTConfig) -> Path:
 
 def sft_model_for_preset(preset: str, overrides: list[str] = ()) -> Path:
     """`ensure_sft_model` for a preset name (`sft-arith`) or YAML path: what the model name
-    `sft:<preset>` resolves to (spo.models)."""
-    from spo.cli import resolve_preset
-    from spo.config import load_sft_config
-
+    `sft:<preset>` resolves to (`resolve_model_name`)."""
     return ensure_sft_model(load_sft_config(resolve_preset(preset), overrides))
 
 
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / METRICS_FILE).read_text())
+def resolve_model_name(name: str) -> str:
+    """The folder (as str) of the SFT model that `sft:<preset>` names, trained first when not
+    cached (minutes; run `spo sft` beforehand to see its progress); any other name unchanged.
+
+    Resolved here rather than in `spo.models` (which refuses `sft:` names), because this
+    needs the task and training code that the model loader must not import. The trainer
+    and `spo eval` call it before loading a model or tokenizer; this is how an RL preset
+    names an SFT'd starting point without hard-coding a config hash."""
+    if name.startswith(SFT_PREFIX):
+        return str(sft_model_for_preset(name[len(SFT_PREFIX):]))
+    return name
 
 
 def describe(result: SFTResult) -> str:
@@ -337,4 +324,5 @@ def describe(result: SFTResult) -> str:
             f"validation accuracy ({m.get('val_problems', 0)} held-back training problems) by step: {curve}")
 
 
-__all__ = ["SFTResult", "config_hash", "ensure_sft_model", "run_sft", "sft_model_for_preset", "train_sft"]
+__all__ = ["SFT_PREFIX", "SFTResult", "config_hash", "ensure_sft_model", "resolve_model_name", "run_sft",
+           "sft_model_for_preset", "train_sft"]

@@ -1,0 +1,82 @@
+"""SPO-chain (SPO section 2, short chain-of-thought): segment advantages from Monte-Carlo
+values at the segment boundaries of each sampled response.
+
+    1. sample     G responses per prompt, and score them
+    2. partition  boundaries 0 = t_0 < ... < t_K = T: before every `interval`-th cutpoint
+                  (a token sampled with probability < rho), or every M tokens
+    3. values     V(t_k) = mean reward of N continuations from the EXACT token prefix
+                  x + y_1..y_{t_k} (0 < k < K); V(t_K) = r; V(t_0) = the group's mean reward
+    4. advantages every token of segment k gets A_k = V(t_k) - V(t_{k-1})
+    5. mask       with the probability mask, only cutpoint tokens count in the loss
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spo.algorithms.base import (
+    Algorithm,
+    Batch,
+    Timer,
+    estimator_inputs,
+    response_batch,
+    sample_and_score,
+    set_advantages,
+)
+from spo.algorithms.registry import register_algorithm
+from spo.estimate.chain_values import estimate_chain_values
+from spo.estimate.segment import spo_chain
+from spo.partition.segments import partition_response
+from spo.seeds import SALT_MC
+
+
+@dataclass
+class Segments:
+    """SPO-chain's record of one response (its fields in the episode log)."""
+
+    boundaries: list[int]
+    values: list[float]  # V(t_0) .. V(t_K)
+    value_samples: list[int]  # samples behind each V (the group size for V(t_0), 0 for V(t_K))
+    cutpoints: list[int]
+
+
+@register_algorithm("spo_chain")
+class SPOChain(Algorithm):
+    def collect(self, iteration: int, progress: Any) -> Batch:
+        ctx, a = self.ctx, self.cfg.algorithm
+        timer = Timer()
+        responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
+
+        with timer("partition"):  # 2.
+            parts = [partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
+                                        segment_length=a.segment_length, max_segments=a.max_segments)
+                     for r in responses]
+            boundaries = [b for b, _ in parts]
+
+        with timer("values"), progress.phase(f"iter {iteration + 1} MC values", total=None):  # 3.
+            def score(i: int, response_ids: list[int], truncated: bool) -> float:
+                return ctx.score([responses[i].problem_index], [response_ids], [truncated])[1][0]
+
+            chain = estimate_chain_values(
+                ctx.engine, [r.prompt_ids for r in responses], [r.response_ids for r in responses],
+                [r.reward for r in responses], [r.group_id for r in responses], boundaries, score,
+                num_samples=a.mc_samples, params=ctx.sampling_params(iteration, SALT_MC), start_value=a.start_value,
+            )
+
+        with timer("estimate"):  # 4. and 5.
+            for r, (b, cuts), v, n in zip(responses, parts, chain.values, chain.value_samples):
+                r.details = Segments(boundaries=b, values=v, value_samples=n, cutpoints=cuts)
+            inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses],
+                                      boundaries=boundaries,
+                                      values=[torch.tensor(v, dtype=torch.float32) for v in chain.values])
+            set_advantages(responses, spo_chain(inputs), self.cfg)
+
+        continuations = chain.states * a.mc_samples
+        return response_batch(
+            responses, timings=timer.seconds,
+            work={"mc_states": chain.states, "mc_tokens": chain.continuation_tokens, "mc_continuations": continuations},
+            extra_tokens=chain.continuation_tokens, sequences_generated=len(responses) + continuations,
+        )
