@@ -134,3 +134,14 @@ def test_config_doc_is_current(capsys):
     main(["options", "--markdown"])
     table = capsys.readouterr().out
     assert table.strip() in doc.read_text(), "docs/config.md is stale: regenerate it with `spo options --markdown`"
+
+
+def test_unknown_algorithm_or_engine_is_a_config_error(capsys):
+    assert main(["train", "--config", "smoke", "algorithm.estimator=ppo2"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.estimator" in err and "ppo2" in err and "spo_chain" in err
+    from spo.config import SamplingConfig
+    from spo.sample.factory import build_engine
+
+    with pytest.raises(ConfigError, match="sampling.engine"):
+        build_engine(SamplingConfig(engine="nope"), model=None, tokenizer=None)

@@ -5,12 +5,11 @@ import math
 import pytest
 
 from spo.partition.segments import (
-    check_boundaries,
     cutpoint_boundaries,
     cutpoints,
     cutpoints_from_logprobs,
     fixed_boundaries,
-    segment_index,
+    partition_response,
 )
 
 
@@ -51,23 +50,12 @@ def test_segment_cap_thins_evenly():
     b = cutpoint_boundaries(cuts, 30, interval=1, max_segments=5)
     assert len(b) - 1 == 5
     assert b == [0, 1, 6, 11, 16, 30]
-    check_boundaries(b, 30)
 
 
 def test_fixed_length_boundaries():
     assert fixed_boundaries(10, 3) == [0, 3, 6, 9, 10]
     assert fixed_boundaries(9, 3) == [0, 3, 6, 9]
     assert fixed_boundaries(10, 3, max_segments=2) == [0, 3, 10]
-
-
-def test_segment_index():
-    assert segment_index([0, 2, 5, 6]) == [0, 0, 1, 1, 1, 2]
-
-
-@pytest.mark.parametrize("bad", [[0, 0, 3], [1, 3], [0, 2], [0, 3, 2, 3], [0]])
-def test_check_boundaries_rejects(bad):
-    with pytest.raises(ValueError):
-        check_boundaries(bad, 3)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +72,11 @@ def test_check_boundaries_rejects(bad):
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_partition_response_applies_the_configured_rule():
+    lp = [math.log(p) for p in (0.99, 0.5, 0.95, 0.3, 0.2, 0.99)]  # cutpoints (p < 0.9): 1, 3, 4
+    assert partition_response(lp, rule="cutpoint", rho=0.9, interval=2) == ([0, 1, 4, 6], [1, 3, 4])
+    assert partition_response(lp, rule="fixed", rho=0.9, segment_length=4) == ([0, 4, 6], [1, 3, 4])
+    with pytest.raises(ValueError, match="unknown partition rule"):
+        partition_response(lp, rule="steps")

@@ -16,7 +16,6 @@ from spo.tasks.problems import (
     hash_split,
     load_gsm8k,
     load_math,
-    load_math500,
     load_reasoning_gym,
     reasoning_gym_splits,
 )
@@ -123,7 +122,7 @@ def test_real_gsm8k_and_math500() -> None:
     # every reference solution earns reward 1 from its own grader
     assert all(task.reward(p, p.solution or "", truncated=False) == 1.0 for p in train[:500])
 
-    math500 = load_math500(DATA_DIR / "math500" / "test.jsonl")
+    math500 = load_math(DATA_DIR / "math500" / "test.jsonl", split="test")
     assert len(math500) == 500 and len({p.id for p in math500}) == 500
     task = build_task("math500", path=str(DATA_DIR / "math500" / "test.jsonl"))
     tr, ev = task.problems("train"), task.problems("eval")

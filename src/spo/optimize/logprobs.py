@@ -37,11 +37,6 @@ class TokenLogprobs:
         lp = self.logprobs.detach().float().cpu()
         return [lp[b, :n].tolist() for b, n in enumerate(self.lengths)]
 
-    def entropy_lists(self) -> list[list[float]]:
-        if self.entropy is None:
-            raise ValueError("entropy was not computed (return_entropy=False)")
-        e = self.entropy.detach().float().cpu()
-        return [e[b, :n].tolist() for b, n in enumerate(self.lengths)]
 
 
 def compute_logprobs(

@@ -38,7 +38,6 @@ from torch import Tensor
 __all__ = [
     "AGG_MODES",
     "aggregate_loss",
-    "entropy_from_logits",
     "kl_k3",
     "masked_mean",
     "masked_sum",
@@ -222,18 +221,6 @@ def probability_mask(old_logprobs: Tensor, response_mask: Tensor, rho: float | N
     if rho <= 0.0:
         return torch.zeros_like(keep)
     return keep & (old_logprobs < math.log(rho))
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Per-position entropy H = -sum_v p_v log p_v of softmax(logits) over the last dim.
-
-    Uses log_softmax (stable for large logits); -inf logits (banned tokens) contribute 0.
-    Computed in the logits' dtype: pass float32 logits for precise values."""
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    # 0 * log 0 = 0; replace log p first so the backward pass sees no 0 * inf either
-    safe_logp = torch.where(p > 0, logp, _zeros_like(logp))
-    return -(p * safe_logp).sum(-1)
 
 
 def policy_loss(

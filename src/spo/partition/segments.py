@@ -90,21 +90,6 @@ def fixed_boundaries(length: int, segment_length: int, max_segments: int | None 
     return [0, *inner, length]
 
 
-def segment_index(boundaries: Sequence[int]) -> list[int]:
-    """For each response token, the (0-based) index of the segment that holds it."""
-    out: list[int] = []
-    for k in range(len(boundaries) - 1):
-        out.extend([k] * (boundaries[k + 1] - boundaries[k]))
-    return out
-
-
-def check_boundaries(boundaries: Sequence[int], length: int) -> None:
-    """Raise ValueError unless 0 = t_0 < t_1 < ... < t_K = length."""
-    b = list(boundaries)
-    if len(b) < 2 or b[0] != 0 or b[-1] != length or any(x >= y for x, y in zip(b, b[1:])):
-        raise ValueError(f"boundaries must rise strictly from 0 to {length}, got {b}")
-
-
 def partition_response(
     logprobs: Sequence[float],
     *,

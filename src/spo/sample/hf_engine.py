@@ -87,10 +87,6 @@ class EngineStats:
     forward_passes: int = 0
     seconds: float = 0.0
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
 
 @dataclass
 class _Job:

@@ -184,11 +184,6 @@ def load_math(source: str | Path = MATH500_HUB_ID, split: str = "test") -> list[
     return problems
 
 
-def load_math500(source: str | Path = MATH500_HUB_ID) -> list[Problem]:
-    """The 500 MATH-500 test problems (file or hub id `HuggingFaceH4/MATH-500`)."""
-    return load_math(source, split="test")
-
-
 def hash_split(problems: list[Problem], eval_size: int) -> tuple[list[Problem], list[Problem]]:
     """Deterministic (train, eval) split: problems ordered by sha256 of their id, the first
     `eval_size` are eval. Independent of file order and of Python's hash seed."""

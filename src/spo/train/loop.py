@@ -58,6 +58,7 @@ class Trainer:
                            ("algorithm.mini_batch_size", cfg.algorithm.mini_batch_size)]:
             if value % dist.world:
                 raise ConfigError(f"{key}={value} must be divisible by the number of processes ({dist.world})")
+        algorithm_cls = algorithm_class(cfg.algorithm.estimator)  # an unknown name fails before any loading
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -88,7 +89,6 @@ class Trainer:
 
         # --- algorithm, optimizer, engine. The lr schedule counts the most optimizer steps an
         # iteration can take (SPO-tree trains a varying number of edges).
-        algorithm_cls = algorithm_class(cfg.algorithm.estimator)
         samples = cfg.sampling.prompts_per_iteration * algorithm_cls.max_samples_per_prompt(cfg)
         steps_per_iteration = cfg.algorithm.epochs * math.ceil(samples / cfg.algorithm.mini_batch_size)
         self.optimizer, self.scheduler = build_optimizer(policy, cfg.optim, cfg.iterations * steps_per_iteration)
