@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -91,9 +92,10 @@ def build_run_config(config: str, overrides: list[str]):
 
 def spo_settings(cfg) -> dict[str, Any]:
     from spo.models import load_model_config, resolve_dtype
+    from spo.train.sft import resolve_model_name
 
     s, a, o, m = cfg.sampling, cfg.algorithm, cfg.optim, cfg.model
-    dtype = resolve_dtype(m.dtype, load_model_config(m.name_or_path, m.config_overrides or None))
+    dtype = resolve_dtype(m.dtype, load_model_config(resolve_model_name(m.name_or_path), m.config_overrides or None))
     return {
         "model": m.name_or_path, "dtype": str(dtype).removeprefix("torch."), "dtype_option": m.dtype, "random_init": m.random_init, "lora": m.lora.enabled,
         "gradient_checkpointing": m.gradient_checkpointing,
@@ -265,6 +267,7 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
     import torch
 
     from spo.models import load_model_config, resolve_dtype
+    from spo.train.sft import resolve_model_name
 
     s, a, o, m = cfg.sampling, cfg.algorithm, cfg.optim, cfg.model
     diffs: list[str] = []
@@ -278,7 +281,7 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
         raise ValueError(f"prompts x group ({n}) must be a multiple of micro_batch_size ({a.micro_batch_size}) for TRL")
     if n % mini:
         diffs.append(f"last mini-batch of spo is smaller ({n % mini} of {mini}); TRL's is full size")
-    dtype = resolve_dtype(m.dtype, load_model_config(m.name_or_path, m.config_overrides or None))
+    dtype = resolve_dtype(m.dtype, load_model_config(resolve_model_name(m.name_or_path), m.config_overrides or None))
     cuda = torch.cuda.is_available()
     steps = steps_per_iteration(cfg)
     warmup_steps = int(math.ceil(o.warmup_ratio * cfg.iterations * steps))
@@ -331,7 +334,6 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
     )
     # GRPOConfig turns checkpointing ON by default; spo's default is off. transformers >= 5.x
     # renamed the option (the old name still works but warns).
-    import dataclasses
 
     from trl import GRPOConfig
 
@@ -385,16 +387,17 @@ def run_trl(cfg, iterations: int = 1, warmup: bool = True) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from spo.models import load_policy_from_config, load_reference, load_tokenizer
+    from spo.train.sft import resolve_model_name
     from spo.tasks.registry import build_task
 
     out: dict[str, Any] = {"framework": "trl", "versions": {"trl": trl.__version__,
                                                             "transformers": transformers.__version__}}
     total_iters = iterations + (1 if warmup else 0)
     t_setup = time.perf_counter()
-    m = cfg.model
+    m = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
     task = build_task(cfg.task.name, **cfg.task.options)
     problems = task.problems("train", cfg.task.train_limit)
-    tokenizer = load_tokenizer(m.tokenizer or m.name_or_path)
+    tokenizer = load_tokenizer(resolve_model_name(m.tokenizer or m.name_or_path))
     rows, chat = trl_prompts(cfg, task, tokenizer, problems, total_iters)
     # The prompt token ids TRL will feed the model must be the ones spo feeds its engine.
     mismatched = [
