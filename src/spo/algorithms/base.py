@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -289,3 +290,11 @@ class Algorithm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def save_files(self, folder: Path) -> None:
+        """Write what `state_dict` cannot hold (weights of models it trains, their optimizer)
+        into `folder` of a checkpoint; called on the main process only. Create `folder`
+        only when there is something to write."""
+
+    def load_files(self, folder: Path) -> None:
+        """Read what `save_files` wrote (every process; `folder` may not exist)."""

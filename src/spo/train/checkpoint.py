@@ -8,6 +8,7 @@ Layout of one checkpoint (`RUN/checkpoints/iter_000010/`):
     rng_rank{R}.pt    python / torch RNG state of each process
     algorithm_rank{R}.json  the algorithm's own state on each process (SPO-tree: its
                       replay buffer), when it has any
+    algorithm/        models the algorithm trains besides the policy (PPO: its critic), if any
     trainer_state.json  iteration reached and what the loop needs to continue
 
 Everything is written into a temporary sibling folder first and renamed into place
@@ -34,6 +35,7 @@ from spo.models import is_lora, save_hf_model
 log = logging.getLogger("spo.train")
 
 LATEST = "latest"
+ALGORITHM_DIR = "algorithm"
 STATE_FILE = "trainer_state.json"
 
 
@@ -122,6 +124,7 @@ def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimize
         save_hf_model(model, staged / "model", tokenizer)
         torch.save(optimizer.state_dict(), staged / "optimizer.pt")
         torch.save(scheduler.state_dict(), staged / "scheduler.pt")
+        algorithm.save_files(staged / ALGORITHM_DIR)
     torch.save(rng_state(), staged / f"rng_rank{dist.rank}.pt")
     algorithm_state = algorithm.state_dict()
     if algorithm_state:
@@ -150,6 +153,7 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank:
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
+    algorithm.load_files(path / ALGORITHM_DIR)
     algorithm_file = path / f"algorithm_rank{rank}.json"
     legacy_replay = path / f"replay_rank{rank}.json"  # SPO-tree's buffer, before algorithm_rank files
     if algorithm_file.exists():
