@@ -104,7 +104,8 @@ class SamplingConfig:
 class AlgorithmConfig:
     estimator: str = "grpo"
     """The algorithm (spo.algorithms): `grpo` (`scale_by_std: false` is Dr.GRPO), `rloo`,
-    `reinforce` (outcome rewards), `reinforce_pp` (REINFORCE++), `spo_chain`, `spo_tree`."""
+    `reinforce` (outcome rewards), `reinforce_pp` (REINFORCE++), `ppo` (with a learned
+    critic, see `critic`), `vineppo`, `spo_chain`, `spo_tree`."""
     scale_by_std: bool = True
     """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
     clip_eps: float = 0.2
@@ -117,9 +118,12 @@ class AlgorithmConfig:
     """Count only tokens whose old probability is below `mask_rho` in the loss (SPO's mask)."""
     mask_rho: float | None = None
     """Probability threshold of the mask (null = the partition's `rho`)."""
-    partition: Literal["cutpoint", "fixed"] = "cutpoint"
-    """SPO segment rule: a boundary before every `interval`-th token whose old probability is
-    below `rho` (cutpoint), or every `segment_length` tokens (fixed)."""
+    partition: Literal["cutpoint", "fixed", "step"] = "cutpoint"
+    """SPO-chain's segment rule: a boundary before every `interval`-th token whose old
+    probability is below `rho` (cutpoint), every `segment_length` tokens (fixed), or after
+    every `step_delimiter` (step, VinePPO's reasoning steps; `vineppo` always uses it)."""
+    step_delimiter: str = "\n"
+    """The text that ends a reasoning step for the step partition (VinePPO splits at newlines)."""
     rho: float = 0.9
     """Cutpoint threshold: tokens sampled with probability below it are cutpoints (hard-coded
     0.9 in the reference)."""
@@ -202,6 +206,25 @@ class EvalConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The learned value model of `ppo` (unused by the other algorithms)."""
+
+    lr: float = 1.0e-6
+    """AdamW learning rate of the critic (its own optimizer; betas and eps as `optim`)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay of the critic."""
+    grad_clip: float = 1.0
+    """Max global gradient norm of the critic (0 disables)."""
+    value_clip: float = 0.2
+    """Clipped value loss: a new value may move at most this far from the one the advantages
+    were computed with before the larger of the two squared errors counts (PPO's cliprange_value)."""
+    gamma: float = 1.0
+    """GAE discount (1 in the reference: the only reward is the final one)."""
+    lam: float = 1.0
+    """GAE lambda (1 in the reference: advantages are Monte-Carlo returns minus the critic's values)."""
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -209,6 +232,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     iterations: int = 10
     """Training iterations (sample -> estimate -> optimize)."""
     max_tokens: int | None = None
@@ -256,6 +280,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.mask_rho is None or 0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
     need(0 < a.rho <= 1, "algorithm.rho", f"must be in (0, 1], got {a.rho}")
     need(a.interval >= 1, "algorithm.interval", "must be >= 1")
+    need(len(a.step_delimiter) > 0, "algorithm.step_delimiter", "must be a non-empty string")
     need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
     need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
@@ -267,6 +292,13 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
     need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
     _check_optim(o)
+    c = cfg.critic
+    need(c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}")
+    need(c.weight_decay >= 0, "critic.weight_decay", "must be >= 0")
+    need(c.grad_clip >= 0, "critic.grad_clip", "must be >= 0")
+    need(c.value_clip > 0, "critic.value_clip", "must be > 0")
+    need(0 <= c.gamma <= 1, "critic.gamma", f"must be in [0, 1], got {c.gamma}")
+    need(0 <= c.lam <= 1, "critic.lam", f"must be in [0, 1], got {c.lam}")
     need(e.every >= 0, "eval.every", "must be >= 0")
     need(e.samples >= 1, "eval.samples", "must be >= 1")
     need(e.validation_size >= 1, "eval.validation_size", "must be >= 1")

@@ -32,3 +32,13 @@ class Dist:
 
     def barrier(self) -> None:
         self.acc.wait_for_everyone()
+
+    def prepare(self, model):
+        """`model` ready for data-parallel training (DDP wraps it; one process: as is)."""
+        return self.acc.prepare(model)
+
+    def unwrap(self, model):
+        return self.acc.unwrap_model(model)
+
+    def backward(self, loss) -> None:
+        self.acc.backward(loss)

@@ -22,6 +22,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "spo.algorithms.spo_chain",
     "spo.algorithms.spo_tree",
     "spo.algorithms.reinforce_pp",
+    "spo.algorithms.vineppo",
+    "spo.algorithms.ppo",
 )
 
 

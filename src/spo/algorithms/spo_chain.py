@@ -20,6 +20,7 @@ import torch
 from spo.algorithms.base import (
     Algorithm,
     Batch,
+    Response,
     Timer,
     estimator_inputs,
     response_batch,
@@ -45,15 +46,26 @@ class Segments:
 
 @register_algorithm("spo_chain")
 class SPOChain(Algorithm):
+    partition_rule: str | None = None  # None: `algorithm.partition`
+
+    def partition(self, response: Response) -> tuple[list[int], list[int]]:
+        """(boundaries, cutpoints) of one response."""
+        a = self.cfg.algorithm
+        rule = self.partition_rule or a.partition
+        texts = None
+        if rule == "step":  # each token's own text, to find the step delimiter in
+            texts = self.ctx.tokenizer.batch_decode([[t] for t in response.response_ids])
+        return partition_response(response.logprobs, rule=rule, rho=a.rho, interval=a.interval,
+                                  segment_length=a.segment_length, max_segments=a.max_segments,
+                                  token_texts=texts, delimiter=a.step_delimiter)
+
     def collect(self, iteration: int, progress: Any) -> Batch:
         ctx, a = self.ctx, self.cfg.algorithm
         timer = Timer()
         responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
 
         with timer("partition"):  # 2.
-            parts = [partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
-                                        segment_length=a.segment_length, max_segments=a.max_segments)
-                     for r in responses]
+            parts = [self.partition(r) for r in responses]
             boundaries = [b for b, _ in parts]
 
         with timer("values"), progress.phase(f"iter {iteration + 1} MC values", total=None):  # 3.

@@ -103,7 +103,8 @@ ADVANTAGE_ESTIMATORS: dict[str, EstimatorFn] = {}
 
 # Modules whose import registers the built-in estimators (imported lazily by
 # `get_estimator` / `available_estimators` to avoid an import cycle).
-_BUILTIN_MODULES: tuple[str, ...] = ("spo.estimate.outcome", "spo.estimate.segment", "spo.estimate.tree")
+_BUILTIN_MODULES: tuple[str, ...] = ("spo.estimate.outcome", "spo.estimate.segment", "spo.estimate.tree",
+                                     "spo.estimate.gae")
 
 
 class UnknownEstimatorError(KeyError, ValueError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TokenLogprobs", "compute_logprobs"]
+__all__ = ["TokenLogprobs", "compute_logprobs", "compute_values", "pack_pairs"]
 
 
 @dataclass
@@ -99,12 +99,14 @@ def compute_logprobs(
     return TokenLogprobs(logprobs, mask, entropy, lengths)
 
 
-def _score_batch(model, contexts, responses, T, return_entropy, pad_id, device):
+def pack_pairs(contexts, responses, pad_id: int, device):
+    """One forward's input for (context, response) pairs: contexts left-padded to Lc,
+    responses right-padded to R, attention mask and position ids (so a padded pair sees
+    exactly what it would alone). Returns (ids, mask, pos, targets [b, R], valid [b, R], Lc, R);
+    the model's output at position Lc - 1 + t belongs to the state before response token t."""
     b = len(contexts)
     Lc = max(len(c) for c in contexts)
     R = max(len(r) for r in responses)
-    if Lc == 0:
-        raise ValueError("empty context: give at least one token (e.g. BOS)")
     ids = torch.full((b, Lc + R), pad_id, dtype=torch.long)
     mask = torch.zeros((b, Lc + R), dtype=torch.long)
     tgt = torch.full((b, R), pad_id, dtype=torch.long)
@@ -118,6 +120,12 @@ def _score_batch(model, contexts, responses, T, return_entropy, pad_id, device):
             tgt[k, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
     ids, mask, tgt = ids.to(device), mask.to(device), tgt.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+    valid = torch.arange(R, device=device)[None, :] < torch.tensor([len(r) for r in responses], device=device)[:, None]
+    return ids, mask, pos, tgt, valid, Lc, R
+
+
+def _score_batch(model, contexts, responses, T, return_entropy, pad_id, device):
+    ids, mask, pos, tgt, valid, Lc, R = pack_pairs(contexts, responses, pad_id, device)
     # logits for positions Lc-1 .. Lc+R-1; the first R predict the response tokens
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=R + 1
@@ -127,12 +135,21 @@ def _score_batch(model, contexts, responses, T, return_entropy, pad_id, device):
         z = z / T
     lse = torch.logsumexp(z, dim=-1)
     lp = z.gather(-1, tgt[..., None]).squeeze(-1) - lse
-    valid = torch.arange(R, device=device)[None, :] < torch.tensor(
-        [len(r) for r in responses], device=device
-    )[:, None]
     lp = lp.masked_fill(~valid, 0.0)
     ent = None
     if return_entropy:
         p = torch.softmax(z, dim=-1)
         ent = (lse - (p * z).sum(-1)).masked_fill(~valid, 0.0)
     return lp, ent
+
+
+def compute_values(critic, contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   pad_token_id: int = 0) -> torch.Tensor:
+    """A value model's V_t [B, R] for every response state (the context and the response
+    tokens before t), 0 on padding, in one forward (pass one micro-batch per call when
+    training). `critic` returns one number per position in `.logits[..., 0]` (a
+    `*ForTokenClassification` model with one label). Grad mode is the caller's."""
+    device = next(critic.parameters()).device
+    ids, mask, pos, _, valid, Lc, R = pack_pairs(contexts, responses, pad_token_id, device)
+    out = critic(input_ids=ids, attention_mask=mask, position_ids=pos).logits[..., 0]
+    return out[:, Lc - 1 : Lc - 1 + R].float().masked_fill(~valid, 0.0)

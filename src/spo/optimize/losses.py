@@ -38,6 +38,7 @@ from torch import Tensor
 __all__ = [
     "AGG_MODES",
     "aggregate_loss",
+    "clipped_value_loss",
     "kl_k3",
     "masked_mean",
     "masked_sum",
@@ -207,6 +208,31 @@ def aggregate_loss(
     if isinstance(n, Tensor):
         n = n.to(device=total.device, dtype=total.dtype)
     return total / n
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                       clip: float = 0.2) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token PPO value loss (unreduced), 0 on non-counted tokens:
+
+        V_clip = V_old + clip(V - V_old, -clip, +clip)
+        L_t    = 1/2 max((V - G)^2, (V_clip - G)^2)
+
+    so the critic gains nothing by moving a value further than `clip` from the one the
+    advantages used. Stats (detached, over counted tokens): "value_clip_frac" (share where
+    the clipped error is the larger) and "value_error" (mean |V - G|)."""
+    m = mask.bool()
+    old = old_values.detach()
+    target = returns.detach()
+    clipped = old + (values - old).clamp(-clip, clip)
+    unclipped_err = (values - target) ** 2
+    clipped_err = (clipped - target) ** 2
+    loss = torch.where(m, 0.5 * torch.maximum(unclipped_err, clipped_err), _zeros_like(values))
+    with torch.no_grad():
+        stats = {
+            "value_clip_frac": masked_mean((clipped_err > unclipped_err).to(values.dtype), m),
+            "value_error": masked_mean((values - target).abs(), m),
+        }
+    return loss, stats
 
 
 def probability_mask(old_logprobs: Tensor, response_mask: Tensor, rho: float | None) -> Tensor:

@@ -90,6 +90,40 @@ def fixed_boundaries(length: int, segment_length: int, max_segments: int | None 
     return [0, *inner, length]
 
 
+def delimiter_boundaries(token_texts: Sequence[str], delimiter: str = "\n",
+                         max_segments: int | None = None) -> list[int]:
+    """Boundaries at reasoning-step ends (VinePPO): just after every token that completes
+    an occurrence of `delimiter` in the response text (the concatenation of `token_texts`,
+    each token's own text). So a step is a line with its newline; no delimiter gives one
+    segment; a delimiter at the very end adds nothing; a delimiter split over several
+    tokens ends its step at the token that completes it; a step may be one token (e.g.
+    the EOS after a final newline). `max_segments` keeps the first max_segments - 1 step
+    ends (the last segment takes the rest)."""
+    length = len(token_texts)
+    if length < 1:
+        raise ValueError(f"a response needs at least one token, got length {length}")
+    if not delimiter:
+        raise ValueError("the step delimiter must be a non-empty string")
+    if max_segments is not None and max_segments < 1:
+        raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
+    ends, offset = [], 0  # ends[i]: text offset just after token i
+    for text in token_texts:
+        offset += len(text)
+        ends.append(offset)
+    full = "".join(token_texts)
+    inner: list[int] = []
+    start = full.find(delimiter)
+    while start != -1:
+        stop = start + len(delimiter)
+        token = next(i for i, e in enumerate(ends) if e >= stop)  # the token that completes it
+        if 0 < token + 1 < length and (not inner or inner[-1] < token + 1):
+            inner.append(token + 1)
+        start = full.find(delimiter, stop)
+    if max_segments is not None:
+        inner = inner[: max_segments - 1]
+    return [0, *inner, length]
+
+
 def partition_response(
     logprobs: Sequence[float],
     *,
@@ -98,13 +132,20 @@ def partition_response(
     interval: int = 5,
     segment_length: int = 30,
     max_segments: int | None = None,
+    token_texts: Sequence[str] | None = None,
+    delimiter: str = "\n",
 ) -> tuple[list[int], list[int]]:
     """(boundaries, cutpoints) of one response of len(logprobs) tokens under `rule`:
-    "cutpoint" (`cutpoint_boundaries`) or "fixed" (`fixed_boundaries`). The cutpoints
+    "cutpoint" (`cutpoint_boundaries`), "fixed" (`fixed_boundaries`) or "step"
+    (`delimiter_boundaries` on `token_texts`, each response token's text). The cutpoints
     (tokens with probability below rho) are returned either way, for the episode log."""
     cuts = cutpoints_from_logprobs(logprobs, rho)
     if rule == "fixed":
         return fixed_boundaries(len(logprobs), segment_length, max_segments), cuts
+    if rule == "step":
+        if token_texts is None or len(token_texts) != len(logprobs):
+            raise ValueError("the step rule needs the text of every response token")
+        return delimiter_boundaries(token_texts, delimiter, max_segments), cuts
     if rule != "cutpoint":
-        raise ValueError(f"unknown partition rule {rule!r}; known: cutpoint, fixed")
+        raise ValueError(f"unknown partition rule {rule!r}; known: cutpoint, fixed, step")
     return cutpoint_boundaries(cuts, len(logprobs), interval, max_segments), cuts
