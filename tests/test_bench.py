@@ -95,16 +95,17 @@ def test_bench_writes_table_plots_and_curves_from_the_runs(bench_dir):
     assert chain["tokens_generated_total"] == chain["tokens_generated"] + chain["mc_tokens"] > grpo["tokens_generated"]
 
 
-def test_finished_runs_are_reused_and_unfinished_ones_redone(bench_dir):
+def test_finished_runs_are_reused_and_unfinished_ones_continued(bench_dir):
     done = bench_dir / "runs" / "grpo" / "seed0" / DONE_FILE
     stamp = done.read_text()
     unfinished = bench_dir / "runs" / "rloo" / "seed1"
-    (unfinished / DONE_FILE).unlink()
-    (unfinished / "stale-marker").write_text("x")
+    (unfinished / DONE_FILE).unlink()  # as if killed after its last checkpoint and evaluation
+    logged = read_metrics(unfinished, kind=None)
     assert main(["bench", "--config", "bench-smoke", "--output-dir", str(bench_dir), "bench.seeds=[0, 1]",
                  "run.max_tokens=100"]) == 0
     assert done.read_text() == stamp  # not rerun
-    assert (unfinished / DONE_FILE).is_file() and not (unfinished / "stale-marker").exists()
+    assert (unfinished / DONE_FILE).is_file()
+    assert read_metrics(unfinished, kind=None) == logged  # continued (nothing left to do), not redone
     assert main(["bench", "--config", "bench-smoke", "--output-dir", str(bench_dir), "--report-only",
                  "bench.seeds=[0, 1]"]) == 0
 

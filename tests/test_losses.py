@@ -244,3 +244,25 @@ def test_policy_loss_without_ref_and_errors():
     assert stats["kl"] == 0.0
     with pytest.raises(ValueError):
         policy_loss(lp, torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.1)
+
+
+def test_kl_sequence_sum_by_hand():
+    """The reference's KL: each sequence's summed k3, averaged over sequences, added to the
+    aggregated PPO loss (here 0: zero advantages)."""
+    lp = torch.zeros(2, 3, requires_grad=True)
+    ref = torch.tensor([[LN2, LN2, 0.0], [LN2, 0.0, 0.0]])  # k3 = 1 - ln 2 where ref - pi = ln 2, else 0
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv = torch.zeros(2, 3)
+    k = 1 - LN2
+    loss, stats = policy_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, kl_coef=0.5,
+                              kl_aggregation="sequence_sum")
+    # sequence sums: 2k and k; mean over 2 sequences: 1.5k; times 0.5
+    assert loss.item() == pytest.approx(0.5 * 1.5 * k, abs=1e-6)
+    loss_global, _ = policy_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, kl_coef=0.5,
+                                 kl_aggregation="sequence_sum", sequences=6)
+    assert loss_global.item() == pytest.approx(0.5 * 3 * k / 6, abs=1e-6)  # a global count of 6 sequences
+    token_mean, _ = policy_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, kl_coef=0.5)
+    assert token_mean.item() == pytest.approx(0.5 * 3 * k / 4, abs=1e-6)  # 3k over 4 counted tokens
+    assert stats["kl"] == pytest.approx(3 * k / 4, abs=1e-6)  # the logged KL is a token mean either way
+    with pytest.raises(ValueError, match="KL aggregation"):
+        policy_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, kl_coef=0.5, kl_aggregation="mean")

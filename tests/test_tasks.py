@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from spo.tasks import DataError, Problem, build_prompt_ids, build_prompt_text, build_task, task_options
+from spo.tasks.prompts import PromptFormatError
 from spo.tasks.problems import (
     hash_split,
     load_gsm8k,
@@ -246,7 +247,8 @@ def test_plain_prompt_and_fallback() -> None:
     plain = build_prompt_ids(with_template, "What is 2 + 3 ?", "plain")
     assert build_prompt_text(with_template, "What is 2 + 3 ?", "plain") == "Problem:\nWhat is 2 + 3 ?\n\nSolution:"
     assert with_template.decode(plain) == "Problem : What is 2 + 3 ? Solution :"
-    assert build_prompt_ids(without, "What is 2 + 3 ?", "chat") == plain  # no template -> plain
+    with pytest.raises(PromptFormatError, match="task.prompt_format=plain"):
+        build_prompt_ids(without, "What is 2 + 3 ?", "chat")  # no template: an error, not a silent switch
     with pytest.raises(ValueError, match="prompt style"):
         build_prompt_ids(with_template, "q", "markdown")  # type: ignore[arg-type]
 

@@ -13,16 +13,18 @@ Every (method, seed) run is an ordinary run folder under OUT/runs/<method>/seed<
 from `run` + the method's overrides + `seed=k`, so all methods see the same prompts in
 the same order (prompt order depends only on the seed), the same sampling settings,
 learning rate and evaluation protocol. A finished run is not repeated when the bench is
-run again (so an interrupted bench picks up where it stopped); an unfinished one starts
-over. Then OUT/results.md, OUT/results.json and three plots (accuracy against
-iterations, generated tokens and training seconds) are written.
+run again, and an unfinished one (a killed bench) continues from its newest good
+checkpoint, exactly as `spo train --resume auto` does, so the bench picks up where it
+stopped and its curves are those of an uninterrupted bench. Bench runs checkpoint at
+every evaluation (`save_every` = `eval.every` when the preset leaves it 0). Then
+OUT/results.md, OUT/results.json and three plots (accuracy against iterations, generated
+tokens and training seconds) are written. A lock on OUT keeps a second bench out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,11 @@ from spo.config import (
     to_dict,
 )
 from spo.evaluate.compare import MethodSummary, learning_curve, markdown_table, summarize_method
-from spo.train.loop import Trainer
+from spo.plot import save_curves
+from spo.train.checkpoint import write_text_atomic
+from spo.train.faults import kill_point
+from spo.train.loop import train
+from spo.train.run_dir import AUTO, RunLock
 from spo.train.run_log import read_metrics
 
 log = logging.getLogger("spo.bench")
@@ -97,6 +103,7 @@ def run_config(cfg: BenchConfig, method: str, seed: int) -> RunConfig:
     rc.progress = False
     if not (rc.eval.at_start and rc.eval.at_end and rc.eval.every > 0):
         raise ConfigError("run.eval: a bench needs at_start, at_end and every > 0 for its learning curves")
+    rc.save_every = rc.save_every or rc.eval.every  # so that a killed bench continues from its last evaluation
     return rc
 
 
@@ -110,29 +117,29 @@ def budget_description(rc: RunConfig) -> str:
 
 
 def _run_one(rc: RunConfig, run_dir: Path) -> None:
+    """Train one (method, seed) run: skipped when done, continued when interrupted."""
     if (run_dir / DONE_FILE).is_file():
         log.info("%s: finished earlier, not repeated", run_dir)
         return
-    if run_dir.exists():  # an interrupted run starts over, so every curve comes from one process
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
     t0 = time.perf_counter()
-    Trainer(rc, run_dir).train()
-    (run_dir / DONE_FILE).write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}))
+    rc.output_dir = str(run_dir)
+    train(rc, resume_dir=AUTO)
+    kill_point("bench.done")
+    write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0}))
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list[MethodSummary]:
     """Train every (method, seed) not done yet, then write the table and the plots."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
-    b = cfg.bench
-    if not only_report:
-        for seed in b.seeds:  # seed-major: a partial bench already compares every method
-            for method in b.methods:
-                log.info("bench: %s, seed %d", method, seed)
-                print(f"[bench] {method} seed {seed}", flush=True)
-                _run_one(run_config(cfg, method, seed), out / "runs" / method / f"seed{seed}")
-    return write_report(cfg, out)
+    with RunLock(out):
+        write_text_atomic(out / "bench.json", json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
+        b = cfg.bench
+        if not only_report:
+            for seed in b.seeds:  # seed-major: a partial bench already compares every method
+                for method in b.methods:
+                    log.info("bench: %s, seed %d", method, seed)
+                    print(f"[bench] {method} seed {seed}", flush=True)
+                    _run_one(run_config(cfg, method, seed), out / "runs" / method / f"seed{seed}")
+        return write_report(cfg, out)
 
 
 def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
@@ -147,11 +154,11 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
         raise FileNotFoundError(f"{out}: no finished run to report")
     rc = run_config(cfg, next(iter(b.methods)), b.seeds[0])
     table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
-    (out / "results.md").write_text(f"# spo bench\n\n{table}")
+    write_text_atomic(out / "results.md", f"# spo bench\n\n{table}")
     results = {"budget": budget_description(rc), "target_accuracy": b.target_accuracy, "metric": b.metric,
                "summaries": [s.as_dict() for s in summaries],
                "curves": {m: [[p.__dict__ for p in c] for c in cs] for m, cs in curves.items()}}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     plot_curves(curves, out, b.metric)
     print(table)
     return summaries
@@ -159,34 +166,11 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
 
 def plot_curves(curves: dict[str, list], out: Path, metric: str) -> list[Path]:
     """accuracy_vs_{iterations,tokens,seconds}.png: each seed thin, the mean over seeds bold."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'spo[bench]'): no plots")
-        return []
+    labelled = {f"{method} ({len(runs)} seeds)": runs for method, runs in curves.items()}
     paths = []
-    for key, label in [("iteration", "training iterations"), ("tokens", "generated tokens (incl. MC / tree)"),
-                       ("seconds", "training seconds (no evaluation)")]:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, (method, runs) in enumerate(curves.items()):
-            color = f"C{i}"
-            for c in runs:
-                ax.plot([getattr(p, key) for p in c], [p.accuracy for p in c], color=color, alpha=0.25, lw=1)
-            n = min((len(c) for c in runs), default=0)
-            if n:
-                xs = [sum(getattr(c[j], key) for c in runs) / len(runs) for j in range(n)]
-                ys = [sum(c[j].accuracy for c in runs) / len(runs) for j in range(n)]
-                ax.plot(xs, ys, color=color, lw=2, marker="o", ms=3, label=f"{method} ({len(runs)} seeds)")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"held-out {metric}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"accuracy_vs_{'iterations' if key == 'iteration' else key}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    for x in ("iterations", "tokens", "seconds"):
+        path = save_curves({f"held-out {metric}": labelled}, x, out / f"accuracy_vs_{x}.png")
+        if path is None:  # no matplotlib
+            return []
         paths.append(path)
     return paths

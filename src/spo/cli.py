@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -25,8 +26,11 @@ import time
 from pathlib import Path
 
 from spo.config import ConfigError, RunConfig, SFTConfig, build_config, build_sft_config, describe_options, load_yaml
+from spo.inspect import add_inspect_commands
 from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
 from spo.tasks.problems import DataError
+from spo.tasks.prompts import PromptFormatError
+from spo.train.faults import DiskFullError
 
 # Each command imports the stages it runs when it runs, so that `spo options` and `--help`
 # answer at once, without loading torch and transformers.
@@ -41,15 +45,16 @@ def _config(config: str | None, overrides: list[str], base: dict | None = None) 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from spo.train.loop import train
+    from spo.train.run_dir import AUTO
 
-    if args.resume:
+    if args.resume and args.resume != AUTO:  # continue that run: its saved config, then --config, then overrides
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder?)")
         cfg = _config(args.config, args.overrides, base=load_yaml(saved))
         cfg.output_dir = str(run_dir)
-    else:
+    else:  # a new run, or (--resume auto) the same command again: the config is the command's
         cfg = _config(args.config or DEFAULT_PRESET, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
@@ -84,12 +89,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer else resolve_model_name(cfg.model.tokenizer))
     model = load_policy(model_path, dtype=cfg.model.dtype)
     engine = build_engine(cfg.sampling, model, tokenizer)
-    params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed,
+    params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed, cfg.sampling.stop,
                                max_new_tokens=args.max_new_tokens or None, temperature=args.temperature)
     k = args.samples or cfg.eval.samples
     t0 = time.perf_counter()
     result = evaluate(engine, tokenizer, task, problems, params, k=k,
-                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
+                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt,
+                      prompt_template=cfg.task.prompt_template)
     summary = summarize(result.per_problem, k)
     summary["seconds"] = time.perf_counter() - t0
     name = f"{cfg.task.name}" + (f"/{cfg.task.options['dataset']}" if "dataset" in cfg.task.options else "")
@@ -150,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="RL fine-tuning (default: the demo preset)")
     p.add_argument("--config", help="YAML preset: a path or a shipped preset name (demo, smoke, ...)")
-    p.add_argument("--output-dir", help="run folder (default runs/<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--output-dir", help="run folder (default runs/<timestamp>); one that holds a run is refused "
+                                        "unless --resume auto")
+    p.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue a run from its newest good checkpoint; `auto`: continue --output-dir when it has "
+                        "one, else start it (the same command can be repeated after a crash)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (see `spo options`)")
     p.set_defaults(func=cmd_train)
 
@@ -179,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")
     p.set_defaults(func=cmd_bench)
 
+    add_inspect_commands(sub)  # spo inspect, spo plot
+
     p = sub.add_parser("options", help="list every config option with its default")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--sft", action="store_true", help="the options of `spo sft` instead of `spo train`")
@@ -187,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input (a config, data file, model name, run folder) is reported in
+    one line naming what and where, exit code 2; a full disk stops the run with exit code 1,
+    saying what was being written and that the last checkpoint is intact. No traceback for
+    either (`-v` shows it)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -194,15 +209,25 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"spo: config error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"spo: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, PromptFormatError) as err:
+        return _fail(args, err, getattr(err, "label", "config error"), 2)
     except DataError as err:
-        print(f"spo: data error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, err, "data error", 2)
+    except FileNotFoundError as err:
+        return _fail(args, err, None, 2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _fail(args, err, None, 1)
+
+
+def _fail(args: argparse.Namespace, err: BaseException, label: str | None, code: int) -> int:
+    if args.verbose:
+        logging.getLogger("spo").exception("the error in full")
+    text = err.strerror if isinstance(err, DiskFullError) else str(err)
+    text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")  # never fail on undecodable input
+    print(f"spo: {label}: {text}" if label else f"spo: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ Names a user can give wherever a model is asked for (``name_or_path``):
 * a local folder holding a Hugging Face model (``config.json`` + weights): used as is.
 * anything else: treated as a Hugging Face hub id and handed to ``from_pretrained``
   (works for users who can reach the hub; nothing here downloads anything itself).
+  A name that can only be a path (``./x``, ``/x``, ``a/b/c``) and does not exist, a folder
+  ``from_pretrained`` cannot load, and a hub id that neither the hub nor its cache provides
+  raise :class:`ModelNotFoundError` (a FileNotFoundError) saying what was looked for and where.
 
 Tokenizers: :func:`load_tokenizer` makes sure a pad token exists (eos if the tokenizer
 has none). Padding *side* is irrelevant to this package: the generation engine and
@@ -47,6 +50,7 @@ forward+backward of SmolLM2 was ~1.5x faster than fp32).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.metadata
@@ -54,6 +58,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,10 +271,50 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         if not (out / "config.json").is_file():
             convert_gguf_model(find_gguf_file(name), out)
         return str(out)
+    return _local_or_hub(name, "model")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model or tokenizer name that no folder, alias or hub id provides; the message says
+    what was looked for and where."""
+
+
+def _local_or_hub(name: str, what: str) -> str:
+    """An existing folder as is (`_loading` reports what it lacks), else `name` as a hub id.
+    A name that can only be a path (./x, /x, ~/x, a/b/c) and does not exist is refused at
+    once, without asking the hub."""
     p = Path(name).expanduser()
     if p.is_dir():
         return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or p.exists():
+        raise ModelNotFoundError(f"{what} {name!r}: no such folder ({p.resolve()}), and not an alias of spo "
+                                 f"({', '.join(_known_aliases())})")
     return name
+
+
+def _known_aliases() -> list[str]:
+    return [*MODEL_ALIASES, TINY_CHAR_LLAMA]
+
+
+@contextlib.contextmanager
+def _loading(what: str, name: str | os.PathLike, path: str) -> Iterator[None]:
+    """Turn the errors `from_pretrained` raises on a bad name or folder into a
+    ModelNotFoundError that says what was looked for, where."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelNotFoundError):
+            raise
+        reason = " ".join(str(err).split())[:400] or type(err).__name__
+        if Path(path).is_dir():
+            raise ModelNotFoundError(f"{what} {os.fspath(name)!r}: cannot load it from the folder "
+                                     f"{Path(path).resolve()}: {reason}") from None
+        from huggingface_hub.constants import HF_HUB_CACHE  # only to say where the cache is
+
+        raise ModelNotFoundError(
+            f"{what} {os.fspath(name)!r}: not a local folder (no {Path(path).expanduser().resolve()}), not an alias "
+            f"of spo ({', '.join(_known_aliases())}), and not available from the Hugging Face hub or its cache "
+            f"({HF_HUB_CACHE}): {reason}") from None
 
 
 def _tokenizer_path(name_or_path: str | os.PathLike) -> str:
@@ -277,7 +322,9 @@ def _tokenizer_path(name_or_path: str | os.PathLike) -> str:
     name = os.fspath(name_or_path)
     spec = _alias(name)
     if spec is None:
-        return resolve_model_path(name)
+        if name.startswith(_SFT_PREFIX) or name.lower() == TINY_CHAR_LLAMA:
+            return resolve_model_path(name)
+        return _local_or_hub(name, "tokenizer")
     full = cache_dir() / "models" / spec["folder"]
     if (full / "tokenizer_config.json").is_file():
         return str(full)
@@ -298,7 +345,9 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_tokenizer_path(name_or_path))
+    path = _tokenizer_path(name_or_path)
+    with _loading("tokenizer", name_or_path, path):
+        tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer of {name_or_path!r} has neither pad nor eos token")
@@ -383,7 +432,9 @@ def load_model_config(
     (Not ``load_config``: that is :func:`spo.config.load_config`, a run's YAML config.)"""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    path = resolve_model_path(name_or_path)
+    with _loading("model", name_or_path, path):
+        config = AutoConfig.from_pretrained(path)
     for k, v in (config_overrides or {}).items():
         setattr(config, k, v)
     return config
@@ -445,9 +496,8 @@ def load_policy(
         if random_init:
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **kw)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, config=config, dtype=torch_dtype, **kw
-            )
+            with _loading("model", name_or_path, path):
+                model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, **kw)
         model.to(dev)
         if lora is not None:
             model = apply_lora(model, lora)
@@ -501,7 +551,7 @@ def load_reference(
     or a model to copy (a deep copy; a peft model is copied and its adapters merged).
     """
     if isinstance(source, torch.nn.Module):
-        ref = _merged_copy(source) if is_lora(source) else copy.deepcopy(source)
+        ref = plain_copy(source)
         if dtype != "auto" or device is not None:
             ref.to(
                 device=device,
@@ -525,16 +575,16 @@ def is_lora(model) -> bool:
     return hasattr(model, "merge_and_unload")
 
 
-def _merged_copy(model):
-    """A plain HF model holding `model`'s LoRA adapters merged into its weights; `model`
-    itself is left untouched (merging in place would change the model being trained)."""
-    return copy.deepcopy(model).merge_and_unload()
+def plain_copy(model):
+    """A deep copy of `model` as a plain HF model: LoRA adapters merged into its weights;
+    `model` itself is left untouched (merging in place would change the model being trained)."""
+    return copy.deepcopy(model).merge_and_unload() if is_lora(model) else copy.deepcopy(model)
 
 
 def save_hf_model(model, folder: str | os.PathLike, tokenizer=None) -> None:
     """Save `model` as a plain Hugging Face folder that ``from_pretrained`` loads (a LoRA
     model as merged weights, from a copy), with `tokenizer` in the same folder when given."""
-    (_merged_copy(model) if is_lora(model) else model).save_pretrained(folder)
+    (plain_copy(model) if is_lora(model) else model).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 

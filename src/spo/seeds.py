@@ -19,6 +19,7 @@ SALT_SAMPLE = 0  # the iteration's responses (and SPO-tree's trees)
 SALT_MC = 7  # SPO-chain's Monte-Carlo continuations
 SALT_EDGES = 11  # SPO-tree's choice of which edges to train now
 SALT_EVAL = 99  # evaluation after the iteration
+SALT_PROMPTS = 5  # the iteration's problems when drawn with replacement (the same on every process)
 # the update's mini-batch shuffle of epoch e uses salt e + 1
 
 
@@ -44,6 +45,14 @@ def shuffled_positions(n: int, start: int, count: int, seed: int) -> list[int]:
     return out
 
 
-def iteration_prompts(num_problems: int, per_iteration: int, iteration: int, seed: int) -> list[int]:
-    """The training problems of an iteration (all processes together)."""
+def iteration_prompts(num_problems: int, per_iteration: int, iteration: int, seed: int,
+                      with_replacement: bool = False) -> list[int]:
+    """The training problems of an iteration (all processes together): consecutive slices
+    of seeded passes over the data, or (`with_replacement`, the reference's) the first ones
+    of a fresh seeded shuffle every iteration: no repeat within an iteration, but any
+    problem may come back in the next one."""
+    if with_replacement:
+        order = list(range(num_problems))
+        random.Random(derive_seed(seed, iteration, 0, SALT_PROMPTS)).shuffle(order)
+        return [order[i % num_problems] for i in range(per_iteration)]
     return shuffled_positions(num_problems, iteration * per_iteration, per_iteration, seed)

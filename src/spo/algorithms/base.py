@@ -111,6 +111,36 @@ class Batch:
     """Anything the algorithm's `finish_record` needs from its own collect."""
 
 
+def iteration_metrics(iteration: int, batch: Batch, stats: dict[str, float], dist: Any) -> dict[str, Any]:
+    """The common metrics of an iteration over all processes (collective: every process
+    calls it): rewards and lengths of the responses sampled, what the update trained on and
+    its `stats`, the work done, seconds per phase."""
+    total = dist.global_sum
+    rows = dist.gather(batch.responses)
+    counted = total(sum(sum(s.loss_mask) for s in batch.samples))
+    trained_tokens = total(sum(len(s.response_ids) for s in batch.samples))
+    rewards = [r for r, _, _ in rows]
+    lengths = [n for _, n, _ in rows]
+    record: dict[str, Any] = {
+        "iteration": iteration + 1,
+        "reward_mean": sum(rewards) / len(rewards),
+        "accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
+        "response_len_mean": sum(lengths) / len(lengths),
+        "truncated_frac": sum(t for _, _, t in rows) / len(rows),
+        "tokens_generated": int(total(batch.tokens_generated)),
+        "loss_tokens_frac": counted / max(trained_tokens, 1),
+        "episodes": int(total(len(batch.samples))),
+        **stats,
+    }
+    for key, value in batch.work.items():
+        record[key] = int(total(value)) if isinstance(value, int) else total(value)
+    record["tokens_generated_total"] = record["tokens_generated"] + int(total(batch.extra_tokens))
+    record["samples_generated"] = int(total(batch.sequences_generated))
+    record.update({f"time_{k}": v for k, v in batch.timings.items()})
+    record["time_total"] = sum(batch.timings.values())
+    return record
+
+
 # ---------------------------------------------------------------------------------------
 # The context an algorithm works in.
 
@@ -133,21 +163,23 @@ class Context:
     def prompts(self, iteration: int) -> list[tuple[int, int]]:
         """This process's share of the iteration's prompts: (problem index, group id)."""
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
-        indices = iteration_prompts(len(self.problems), cfg.sampling.prompts_per_iteration, iteration, cfg.seed)
+        indices = iteration_prompts(len(self.problems), cfg.sampling.prompts_per_iteration, iteration, cfg.seed,
+                                    with_replacement=cfg.sampling.prompts_with_replacement)
         return list(zip(indices[rank::world], range(rank, len(indices), world)))
 
     def prompt_ids(self, problem_index: int) -> list[int]:
         if problem_index not in self._prompt_cache:
             t = self.cfg.task
             self._prompt_cache[problem_index] = self.task.prompt_ids(
-                self.tokenizer, self.problems[problem_index], t.prompt_format, t.system_prompt)
+                self.tokenizer, self.problems[problem_index], t.prompt_format, t.system_prompt, t.prompt_template)
         return self._prompt_cache[problem_index]
 
     def sampling_params(self, iteration: int, salt: int) -> SamplingParams:
         """The policy's sampling settings, seeded for one stream of this iteration."""
         s = self.cfg.sampling
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                              top_k=s.top_k, seed=derive_seed(self.cfg.seed, iteration, self.dist.rank, salt))
+                              top_k=s.top_k, seed=derive_seed(self.cfg.seed, iteration, self.dist.rank, salt),
+                              stop=tuple(s.stop))
 
     def score(self, problem_indices: Sequence[int], responses: Sequence[Sequence[int]],
               truncated: Sequence[bool]) -> tuple[list[str], list[float]]:
@@ -274,9 +306,10 @@ class Algorithm:
         self.cfg = ctx.cfg
 
     @classmethod
-    def max_samples_per_prompt(cls, cfg: RunConfig) -> int:
-        """The most samples one prompt gives the update per iteration (sizes the lr schedule)."""
-        return cfg.sampling.group_size
+    def max_samples_per_iteration(cls, cfg: RunConfig) -> int:
+        """The most samples the update gets per iteration, all processes together (sizes
+        the lr schedule)."""
+        return cfg.sampling.prompts_per_iteration * cfg.sampling.group_size
 
     def collect(self, iteration: int, progress: Any) -> Batch:
         raise NotImplementedError

@@ -38,7 +38,7 @@ from spo.algorithms.base import (
 from spo.algorithms.registry import register_algorithm
 from spo.config import OptimConfig
 from spo.estimate.gae import gae_advantages
-from spo.models import is_lora
+from spo.models import plain_copy
 from spo.optimize.logprobs import compute_values
 from spo.optimize.losses import aggregate_loss, clipped_value_loss
 from spo.optimize.optimizer import build_optimizer
@@ -52,9 +52,7 @@ CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
 def value_model_from(policy) -> torch.nn.Module:
     """A `*ForTokenClassification` model with one output whose trunk is a copy of the
     policy's (LoRA adapters merged), with a fresh head; no dropout."""
-    source = copy.deepcopy(policy)
-    if is_lora(source):
-        source = source.merge_and_unload()
+    source = plain_copy(policy)
     config = copy.deepcopy(source.config)
     config.num_labels, config.classifier_dropout = 1, 0.0
     dtype = next(source.parameters()).dtype

@@ -8,7 +8,8 @@ every edge parent -> child is a training sample with the advantage V(child) - V(
     4. advantages     A(p -> c) = V(c) - V(p) (the siblings' mean as baseline); edges with
                       A = 0 carry no signal and are dropped
     5. select, replay at most `max_edges_per_prompt` fresh edges per prompt now; the
-                      surplus waits in a replay buffer and tops up later iterations
+                      surplus waits in a replay buffer and tops up later iterations (or the
+                      reference's uniform draw); optionally cut or padded to `tree_episodes`
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 
 from spo.algorithms.base import Algorithm, Batch, Timer, TrainSample, estimator_inputs, set_advantages
 from spo.algorithms.registry import register_algorithm
+from spo.config import ConfigError
 from spo.estimate.tree import edge_advantages, node_values, spo_tree
-from spo.optimize.replay import ReplayBuffer, select_edges
+from spo.optimize.replay import ReplayBuffer, fit_to_size, select_edges, select_edges_uniform
 from spo.sample.tree import Tree, sample_trees
 from spo.seeds import SALT_EDGES, SALT_SAMPLE, derive_seed
 
@@ -63,11 +65,16 @@ class TreeEdge(TrainSample):
 class SPOTree(Algorithm):
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.replay: ReplayBuffer[TreeEdge] = ReplayBuffer(self.cfg.algorithm.replay_max_age)
+        a = self.cfg.algorithm
+        self.replay: ReplayBuffer[TreeEdge] = ReplayBuffer(a.replay_max_age)
+        if a.tree_episodes is not None and a.tree_episodes % ctx.dist.world:
+            raise ConfigError(f"algorithm.tree_episodes={a.tree_episodes} must be divisible by the number of "
+                              f"processes ({ctx.dist.world})")
 
     @classmethod
-    def max_samples_per_prompt(cls, cfg) -> int:
-        return cfg.algorithm.max_edges_per_prompt
+    def max_samples_per_iteration(cls, cfg) -> int:
+        a = cfg.algorithm
+        return a.tree_episodes or cfg.sampling.prompts_per_iteration * a.max_edges_per_prompt
 
     def collect(self, iteration: int, progress: Any) -> Batch:
         ctx, cfg, a = self.ctx, self.cfg, self.cfg.algorithm
@@ -86,12 +93,20 @@ class SPOTree(Algorithm):
                 groups.append(edges)
                 tree_logs.append(record)
             rng = random.Random(derive_seed(cfg.seed, iteration, ctx.dist.rank, SALT_EDGES))  # 5.
-            chosen = select_edges(groups, self.replay, a.max_edges_per_prompt, iteration, rng)
+            if a.replay_draw == "uniform":
+                chosen = select_edges_uniform(groups, self.replay, a.max_edges_per_prompt, iteration, rng,
+                                              question=lambda e: e.problem_index)
+            else:
+                chosen = select_edges(groups, self.replay, a.max_edges_per_prompt, iteration, rng)
             for born, edge in chosen.replayed:
                 edge.replayed, edge.age = True, iteration - born
             if a.old_logprobs == "recompute":  # replayed edges keep the log-probs they were sampled with
                 ctx.recompute_logprobs(chosen.fresh)
             samples = chosen.fresh + [e for _, e in chosen.replayed]
+            selected = len(samples)
+            if a.tree_episodes is not None:  # the reference's fixed batch: cut (dropped) or padded with repeats
+                samples = fit_to_size(samples, a.tree_episodes // ctx.dist.world, rng)
+            trained = {id(e) for e in samples}
             if samples:
                 inputs = estimator_inputs(samples, [e.value for e in samples], [e.group_id for e in samples],
                                           extras={"edge_advantages": torch.tensor([e.edge_advantage for e in samples])})
@@ -99,8 +114,10 @@ class SPOTree(Algorithm):
 
         # Each tree is logged with the fresh edges it trained, then come the replayed edges.
         for record in tree_logs:
-            record["edges"] = [e.log_record() for e in chosen.fresh if e.group_id == record["group_id"]]
-        episode_log = tree_logs + [{"kind": "replayed_edge", **e.log_record()} for _, e in chosen.replayed]
+            record["edges"] = [e.log_record() for e in chosen.fresh
+                               if e.group_id == record["group_id"] and id(e) in trained]
+        episode_log = tree_logs + [{"kind": "replayed_edge", **e.log_record()}
+                                   for _, e in chosen.replayed if id(e) in trained]
         nodes = [n for tree in trees for n in tree.nodes[1:]]
         nonzero = sum(len(g) for g in groups)
         return Batch(
@@ -120,6 +137,8 @@ class SPOTree(Algorithm):
                 "edges_parked": chosen.parked,
                 "edges_expired": chosen.expired,
                 "replay_buffer": len(self.replay),
+                **({"edges_cut": selected - len(trained), "edges_repeated": len(samples) - len(trained)}
+                   if a.tree_episodes is not None else {}),
             },
             timings=timer.seconds,
             extras={"root_value_sum": sum(t["nodes"][0]["value"] for t in tree_logs), "trees": len(tree_logs)},

@@ -4,6 +4,8 @@ Pure functions over the rows of `metrics.jsonl` (no I/O), used by `spo bench`:
 
 * `learning_curve(rows)`: one point per held-out evaluation, with what the run had spent
   by then (training iterations, generated tokens, policy samples, training seconds).
+* `metric_curve(rows, metric, kind)`: the same for any metric of the training lines or of
+  the evaluation lines (`spo plot` draws these).
 * `first_reaching(curve, target, key)`: the spend at the first evaluation whose accuracy
   reaches `target` (None if none did).
 * `summarize_method(curves, target)`: final and best accuracy (mean and spread over
@@ -37,19 +39,30 @@ class CurvePoint:
 
 def learning_curve(rows: Iterable[dict[str, Any]], metric: str = "accuracy") -> list[CurvePoint]:
     """Evaluation points of one run, each with the run's cumulative spend at that moment."""
+    return metric_curve(rows, metric, kind="eval")
+
+
+def metric_curve(rows: Iterable[dict[str, Any]], metric: str, kind: str = "eval") -> list[CurvePoint]:
+    """`metric` on every line of `kind` ("train" or "eval") that has it, each point with the
+    run's cumulative spend at the end of that line's iteration, sorted by iteration.
+
+    A point's value sits in `CurvePoint.accuracy`, the name `spo bench` writes. Lines where
+    the metric is missing or null (a NaN logged as null) give no point."""
     spent = {0: (0.0, 0.0, 0.0)}
-    evals = []
+    picked = []
     tokens = samples = seconds = 0.0
     for r in rows:
-        if r.get("kind", "train") == "eval":
-            evals.append(r)
+        line_kind = r.get("kind", "train")
+        if line_kind == kind and r.get(metric) is not None:
+            picked.append(r)
+        if line_kind == "eval":
             continue
         tokens += r["tokens_generated_total"]
         samples += r["samples_generated"]
         seconds += r["time_total"]
         spent[r["iteration"]] = (tokens, samples, seconds)
     curve = []
-    for e in evals:
+    for e in picked:
         it = e["iteration"]
         if it not in spent:
             raise ValueError(f"evaluation at iteration {it} but no training line for it")

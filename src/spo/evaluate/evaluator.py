@@ -7,6 +7,7 @@ over the per-problem rows, so results gathered from several processes can be mer
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,13 @@ from spo.sample.engine import RolloutEngine, SamplingParams
 from spo.tasks.scoring import decode_and_score
 
 
-def evaluation_params(e: EvalConfig, response_budget: int, seed: int, **overrides: Any) -> SamplingParams:
+def evaluation_params(e: EvalConfig, response_budget: int, seed: int, stop: Sequence[str] = (),
+                      **overrides: Any) -> SamplingParams:
     """The sampling settings of an evaluation: `eval.temperature` and `top_p`, up to
-    `eval.max_new_tokens` or else the run's `response_budget` tokens; overrides that are
-    not None (command-line flags) win."""
+    `eval.max_new_tokens` or else the run's `response_budget` tokens, the run's stop
+    strings; overrides that are not None (command-line flags) win."""
     params = SamplingParams(max_new_tokens=e.max_new_tokens or response_budget, temperature=e.temperature,
-                            top_p=e.top_p, seed=seed)
+                            top_p=e.top_p, seed=seed, stop=tuple(stop))
     return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -39,9 +41,10 @@ def evaluate(
     k: int = 1,
     prompt_format: str = "chat",
     system_prompt: str | None = None,
+    prompt_template: str | None = None,
 ) -> EvalResult:
     """Sample `k` responses per problem and grade them with the task's reward."""
-    contexts = [task.prompt_ids(tokenizer, p, prompt_format, system_prompt) for p in problems]
+    contexts = [task.prompt_ids(tokenizer, p, prompt_format, system_prompt, prompt_template) for p in problems]
     rollouts = engine.generate(contexts, params, n=k) if problems else []
     rows = []
     for problem, group in zip(problems, rollouts):

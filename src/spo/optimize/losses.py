@@ -261,10 +261,19 @@ def policy_loss(
     clip_eps_high: float | None = None,
     agg_mode: AggMode = "token_mean",
     normalizer: float | Tensor | None = None,
+    kl_aggregation: str = "token_mean",
+    sequences: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO-clip + kl_coef * k3(pi || ref) per token, aggregated over `mask`.
+    """PPO-clip + kl_coef * k3(pi || ref), over the counted tokens of `mask`.
 
-    L = aggregate( max(-A ratio, -A clip(ratio)) + kl_coef * k3 , mask, agg_mode, normalizer )
+    kl_aggregation "token_mean" (spo's default) adds the KL per token before aggregating:
+        L = aggregate( max(-A ratio, -A clip(ratio)) + kl_coef * k3 , mask, agg_mode, normalizer )
+    "sequence_sum" (the reference's) adds each sequence's summed KL, averaged over sequences:
+        L = aggregate( max(-A ratio, -A clip(ratio)), mask, agg_mode, normalizer )
+            + kl_coef * sum_{b,t} k3[b,t] m[b,t] / S
+    with S = `sequences` (pass the global count of the mini-batch, as for `normalizer`;
+    default: the rows of this batch), so it weighs about (tokens per sequence) times more
+    than the token mean.
 
     `mask` is the counted-token mask (response mask, possibly AND the probability mask).
     Returns (loss scalar with grad, stats). Stats are Python floats: "loss" (the returned
@@ -277,14 +286,20 @@ def policy_loss(
     pg, pg_stats = ppo_clip_loss(
         logprobs, old_logprobs, advantages, mask, clip_eps_low, clip_eps_high
     )
+    if kl_aggregation not in ("token_mean", "sequence_sum"):
+        raise ValueError(f"unknown KL aggregation {kl_aggregation!r}; known: token_mean, sequence_sum")
     per_token = pg
-    kl_mean = 0.0
+    kl_mean, kl_term = 0.0, None
     if ref_logprobs is not None:
         kl = kl_k3(logprobs, ref_logprobs, mask)
         kl_mean = float(masked_mean(kl.detach(), mask))
-        if kl_coef != 0.0:
+        if kl_coef != 0.0 and kl_aggregation == "token_mean":
             per_token = per_token + kl_coef * kl
+        elif kl_coef != 0.0:
+            kl_term = kl_coef * masked_sum(kl, mask) / (sequences if sequences is not None else kl.shape[0])
     loss = aggregate_loss(per_token, mask, agg_mode, normalizer)
+    if kl_term is not None:
+        loss = loss + kl_term
     stats = {
         "loss": float(loss.detach()),
         "pg_loss": float(masked_mean(pg.detach(), mask)),

@@ -83,3 +83,40 @@ def select_edges(
     replayed = buffer.take(per_group * len(groups) - len(fresh))
     buffer.add(surplus, iteration)
     return EdgeSelection(fresh, replayed, len(surplus), expired)
+
+
+def select_edges_uniform(groups: list[list[T]], buffer: ReplayBuffer[T], per_group: int, iteration: int,
+                         rng: random.Random, question: Callable[[T], Any]) -> EdgeSelection[T]:
+    """The reference's draw: every fresh edge enters the buffer, buffered edges
+    `max_age` or more iterations old expire, then each question in the buffer gives up
+    to `per_group` edges drawn uniformly from all of its edges, fresh and buffered. Drawn
+    edges leave the buffer, so an edge trains at most once (as with `select_edges`)."""
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    fresh_count = sum(len(g) for g in groups)
+    buffer.add([e for g in groups for e in g], iteration)
+    expired = buffer.expire(iteration)
+    by_question: dict[Any, list[int]] = {}
+    for i, (_, edge) in enumerate(buffer.items):
+        by_question.setdefault(question(edge), []).append(i)
+    drawn = sorted(i for idx in by_question.values() for i in rng.sample(idx, min(per_group, len(idx))))
+    taken = set(drawn)
+    fresh = [buffer.items[i][1] for i in drawn if buffer.items[i][0] == iteration]
+    replayed = [buffer.items[i] for i in drawn if buffer.items[i][0] != iteration]
+    buffer.items = [item for i, item in enumerate(buffer.items) if i not in taken]
+    if buffer.max_age <= 0:  # no replay: what was not drawn now is dropped
+        buffer.items = []
+    return EdgeSelection(fresh, replayed, fresh_count - len(fresh), expired)
+
+
+def fit_to_size(items: list[T], size: int, rng: random.Random) -> list[T]:
+    """The reference's fixed number of episodes per iteration: `size` of `items` drawn at
+    random without repeats when there are more; all of them, then random repeats up to
+    `size`, when there are fewer (none when there are none)."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    if len(items) >= size:
+        return [items[i] for i in sorted(rng.sample(range(len(items)), size))]
+    if not items:
+        return []
+    return list(items) + [rng.choice(items) for _ in range(size - len(items))]

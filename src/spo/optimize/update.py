@@ -139,13 +139,14 @@ class PolicyUpdate:
         if a.loss_agg == "seq_mean_token_sum":
             normalizer *= cfg.sampling.max_new_tokens
         normalizer = max(normalizer, 1.0)
+        sequences = max(dist.global_sum(len(mb)), 1.0) if a.kl_aggregation == "sequence_sum" else None
         micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)] or [[]]
         for j, rows in enumerate(micro):
             last = j == len(micro) - 1
             with self.accelerator.no_sync(self.policy) if not last else contextlib.nullcontext():
                 if rows:
                     loss, st = self._micro_loss([samples[i] for i in rows], adv[rows], mask[rows], old_lp[rows],
-                                                normalizer)
+                                                normalizer, sequences)
                 else:
                     loss, st = self._empty_loss(), {"tokens": 0.0}
                 if not torch.isfinite(loss):
@@ -175,7 +176,7 @@ class PolicyUpdate:
         scored = compute_logprobs(self.policy, [[pad]], [[pad]], self.cfg.sampling.temperature, pad_token_id=pad)
         return scored.logprobs.sum() * 0.0
 
-    def _micro_loss(self, batch, adv, mask, old_lp, normalizer) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_loss(self, batch, adv, mask, old_lp, normalizer, sequences) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of one micro-batch (normalised by the whole step's `normalizer`)."""
         a = self.cfg.algorithm
         width = max(max(len(s.response_ids) for s in batch), 1)
@@ -191,8 +192,8 @@ class PolicyUpdate:
                 ref_logprobs = self._logprobs(self.reference, batch).logprobs[:, :width]
         loss, st = policy_loss(logprobs, old_lp[:, :width].to(logprobs.device), advantages, m,
                                ref_logprobs=ref_logprobs, kl_coef=a.kl_coef if ref_logprobs is not None else 0.0,
-                               clip_eps_low=a.clip_eps,
-                               clip_eps_high=a.clip_eps_high, agg_mode=a.loss_agg, normalizer=normalizer)
+                               clip_eps_low=a.clip_eps, clip_eps_high=a.clip_eps_high, agg_mode=a.loss_agg,
+                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences)
         ent = scored.entropy[:, :width].detach()
         resp = scored.mask[:, :width].float()
         return loss, {

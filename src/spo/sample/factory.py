@@ -19,10 +19,21 @@ from spo.sample.hf_engine import HFEngine
 
 
 def _hf_engine(cfg: SamplingConfig, model: Any, tokenizer: Any) -> RolloutEngine:
-    return HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+    return HFEngine(model, tokenizer, batch_size=cfg.batch_size, max_context=cfg.max_context)
 
 
-ENGINES: dict[str, Callable[[SamplingConfig, Any, Any], RolloutEngine]] = {"hf": _hf_engine}
+def _vllm_engine(cfg: SamplingConfig, model: Any, tokenizer: Any) -> RolloutEngine:
+    # imported here: vLLM is optional, and spo.sample.vllm_engine imports it only when an
+    # engine is built (a ConfigError saying how to install it when it is missing)
+    from spo.sample.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, tokenizer, max_context=cfg.max_context, max_num_seqs=cfg.batch_size,
+                      block_size=cfg.vllm_block_size, kv_cache_gb=cfg.vllm_kv_cache_gb,
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      enforce_eager=cfg.vllm_enforce_eager)
+
+
+ENGINES: dict[str, Callable[[SamplingConfig, Any, Any], RolloutEngine]] = {"hf": _hf_engine, "vllm": _vllm_engine}
 
 
 def build_engine(cfg: SamplingConfig, model: Any, tokenizer: Any) -> RolloutEngine:

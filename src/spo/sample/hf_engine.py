@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from spo.sample.engine import FinishReason, Rollout, SamplingParams
+from spo.sample.engine import FinishReason, Rollout, SamplingParams, stop_cut
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,8 @@ class HFEngine:
         """
         if n < 1:
             raise ValueError("n must be >= 1")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need the engine's tokenizer (to read the generated text)")
         for c in contexts:
             if len(c) == 0:
                 raise ValueError("empty context: give at least one token (e.g. BOS)")
@@ -249,6 +251,21 @@ class HFEngine:
             logits_to_keep=1,
         ).logits[:, -1, :]
 
+    def _stop_cut(self, texts: list[str], token_id: int, stops: tuple[str, ...]) -> int | None:
+        """Append the new token's text; where the response ends if it completed a stop
+        string (`stop_cut`), else None. Only the tail that the new token can complete is
+        searched, so a long response costs no more per step than a short one."""
+        texts.append(self.tokenizer.decode([token_id]))
+        longest = max(len(s) for s in stops)
+        tail = ""
+        for piece in reversed(texts):
+            tail = piece + tail
+            if len(tail) >= longest + len(texts[-1]):
+                break
+        if not any(s and s in tail for s in stops):
+            return None
+        return stop_cut(texts, stops)
+
     def _run_group(self, group, params, gen, stop, device, out, stats) -> None:
         U = len(group)
         lens = [len(jb.context) for jb in group]
@@ -291,6 +308,7 @@ class HFEngine:
         rows = list(range(B))  # rows still alive -> index into slots
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
+        texts: list[list[str]] = [[] for _ in range(B)]  # each generated token's text (stop strings)
         step = 0
         while True:
             tok, lp = _sample(logits, params, gen)
@@ -302,12 +320,19 @@ class HFEngine:
             stats.new_tokens += len(rows)
             is_stop = torch.isin(tok, stop)
             done = is_stop | (budget <= step)
+            cuts = [self._stop_cut(texts[r], t, params.stop) for r, t in zip(rows, tok_l)] if params.stop else None
+            if cuts is not None and any(c is not None for c in cuts):
+                done = done | torch.tensor([c is not None for c in cuts], device=device)
             if bool(done.any()):
                 done_l, stop_l = done.tolist(), is_stop.tolist()
                 keep = []
                 for k, r in enumerate(rows):
                     if done_l[k]:
                         i, j = slots[r]
+                        cut = cuts[k] if cuts is not None else None
+                        if cut is not None:  # a stop string: the response ends where it begins
+                            out[i][j] = Rollout(list(contexts[r]), toks[r][:cut], lps[r][:cut], "stop")
+                            continue
                         reason: FinishReason = "eos" if stop_l[k] else "length"
                         out[i][j] = Rollout(list(contexts[r]), toks[r], lps[r], reason)
                     else:

@@ -7,7 +7,8 @@ response budget `max_new_tokens` counted from the prompt, so a path is never lon
 than a chain response would be.
 
 A node is a leaf when it
-  * ended with a stop token (finish "eos"), even before M tokens: an early leaf;
+  * ended with a stop token or stop string (finish "eos" / "stop"), even before M tokens:
+    an early leaf;
   * is at the last level; or
   * used up the response budget: a truncated leaf, which scores 0 like any truncated
     response (the reference grades such leaves on their last segment only).
@@ -97,7 +98,7 @@ def sample_trees(
                                  logprobs=list(r.logprobs), finish_reason=r.finish_reason)
                 length = used + len(child.token_ids)
                 child.truncated = r.finish_reason == "length" and (last_level or length >= budget)
-                child.leaf = r.finish_reason == "eos" or last_level or child.truncated
+                child.leaf = r.finish_reason in ("eos", "stop") or last_level or child.truncated
                 tree.nodes.append(child)
                 tree.nodes[node_id].children.append(child.id)
                 if not child.leaf:

@@ -1,9 +1,10 @@
 """MATH answer grading with math_verify under a time limit: `math_answers_equal`.
 
 math_verify (a SymPy-based LaTeX parser/comparer; it never `eval`s model text) can hang on
-adversarial answers such as `9^{9^{9^{9}}}`, so every comparison runs under a time limit:
-a SIGALRM timer in the main thread, or, from other threads, a persistent worker process
-(`python -m spo.tasks._grader_worker`) that is killed when it overruns. The side effects
+adversarial answers such as `9^{9^{9^{9}}}`, or allocate gigabytes for `2^{2^{40}}`, so by
+default every comparison runs in a persistent worker process
+(`python -m spo.tasks._grader_worker`) whose memory is capped and which is killed when it
+overruns its time limit; a SIGALRM timer in the main thread is the in-process option. The side effects
 (signal handlers, threads, child processes, an atexit hook) live here, away from the pure
 extraction and normalisation in `spo.tasks.rewards`.
 """
@@ -118,20 +119,19 @@ def math_answers_equal(
     1. normalised exact string match (instant, always safe);
     2. math_verify parse + verify (numbers, fractions, radicals, sets, intervals, tuples,
        equations), limited to `timeout_s` seconds for this answer in total.
-    backend: "signal" runs math_verify in this thread under SIGALRM (main thread only);
-    "process" sends it to a persistent worker process that is killed if it overruns (works
-    from any thread and also stops hangs inside C code); "auto" = signal in the main thread,
-    process elsewhere. A timeout or grader error counts as wrong (reward 0), never a crash."""
+    backend: "process" (and "auto", the default) sends it to a persistent worker process
+    that is killed if it overruns and whose memory is capped (`_grader_worker`): it works
+    from any thread and also stops hangs and huge allocations inside C code, such as SymPy
+    evaluating `2^{2^{40}}`; "signal" runs math_verify in this thread under SIGALRM (main
+    thread only; Python code only is interrupted, memory is not bounded). A timeout, a
+    memory error or a grader error counts as wrong (reward 0), never a crash."""
     if pred is None or not pred.strip():
         return False
     if normalize_math_answer(pred) == normalize_math_answer(gold):
         return True
     if len(pred) > MAX_MATH_ANSWER_CHARS:
         return False
-    use_signal = backend == "signal" or (
-        backend == "auto" and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    )
-    if use_signal:
+    if backend == "signal":
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("math grader backend 'signal' only works in the main thread; use 'process' or 'auto'")
         return math_equal_in_main_thread(pred, gold, timeout_s)

@@ -59,22 +59,34 @@ def _looks_local(source: str | Path) -> bool:
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (where, row) for every non-blank line; `where` is "file:line" for error messages.
 
-    Raises FileNotFoundError naming the path, DataError for bad JSON or a non-object row."""
+    Raises FileNotFoundError naming the path, DataError for a line that is not UTF-8, bad
+    JSON or a non-object row, and for a file without rows."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {p}")
-    with p.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+        raise FileNotFoundError(f"data file not found: {p}" + (" (a folder)" if p.is_dir() else ""))
+    rows = 0
+    with p.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{p}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "is this a jsonl file?") from None
             if not line.strip():
                 continue
-            where = f"{p}:{line_no}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from e
+                raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{where}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows += 1
             yield where, row
+    if not rows:
+        raise DataError(f"{p}: no data rows (the file is empty)")
 
 
 def _hub_rows(hub_id: str, config: str | None, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -279,3 +291,11 @@ def reasoning_gym_splits(
         return train, []
     candidates = load_reasoning_gym(name, seed=eval_seed, size=eval_size + eval_size // 2 + 16, options=options, split="eval")
     return train, drop_overlap(candidates, train)[:eval_size]
+
+
+def drop_long_questions(problems: list[Problem], prompt_length: Any, max_tokens: int | None) -> list[Problem]:
+    """The problems whose prompt is at most `max_tokens` tokens (all when None), measured
+    by `prompt_length(problem)`: the reference drops longer MATH questions from training."""
+    if max_tokens is None:
+        return problems
+    return [p for p in problems if prompt_length(p) <= max_tokens]

@@ -1,9 +1,11 @@
 """Prompt formats: question (+ answer-format instruction) -> prompt token ids.
 
-"chat"  the tokenizer's chat template with a generation prompt (instruct models); falls back
-        to "plain" when the tokenizer has no template (base models).
-"plain" the reference's (VinePPO/SPO) format "Problem:\\n{question}\\n\\nSolution:", which
-        its SFT'd base models were trained on.
+"chat"  the tokenizer's chat template with a generation prompt (instruct models); a tokenizer
+        without one (base models) is an error (PromptFormatError) rather than a silent
+        switch to "plain", which would train on prompts the config did not ask for.
+"plain" a text template: by default "Problem:\\n{question}\\n\\nSolution:"; `task.prompt_template`
+        names another (`rho1b_sft`, the reference's RhoMath SFT prompt with "[MATH_TASK] ",
+        `qwen_math`, its R1-Distill-Qwen MATH prompt) or gives one.
 The ids are built directly (tokenize=True), never by re-tokenising decoded text, so that the
 sampler continues from exactly these tokens.
 """
@@ -15,6 +17,35 @@ from typing import Any, Literal
 
 PromptStyle = Literal["chat", "plain"]
 PLAIN_TEMPLATE = "Problem:\n{question}\n\nSolution:"
+
+PROMPT_TEMPLATES: dict[str, str] = {
+    "plain": PLAIN_TEMPLATE,
+    # the RhoMath-1.1B SFT model's, for SFT and RL alike (reference:
+    # configs/prompt_library/MATH_step_by_step_sft.jsonnet:2-5)
+    "rho1b_sft": "[MATH_TASK] Problem:\n{question}\n\nSolution:",
+    # DeepSeek-R1-Distill-Qwen's on MATH (reference: configs/prompt_library/qwen_MATH.jsonnet:2);
+    # it opens with the BOS token as text
+    "qwen_math": "<｜begin▁of▁sentence｜><｜User｜>Solve the following math problem efficiently and clearly.  "
+                 "The last line of your response should be of the following format: 'Therefore, the final "
+                 "answer is: $\\boxed{ANSWER}$. I hope it is correct' (without quotes) where ANSWER is just "
+                 "the final number or expression that solves the problem. Think step by step before "
+                 "answering.\n\n{question}<｜Assistant｜><think>\n",
+}
+"""Plain-format templates by name (`task.prompt_template`); any other value is itself a
+template, with `{question}` where the question (and instruction) goes."""
+
+
+def resolve_template(template: str | None) -> str:
+    """The template text for a name or a template string (None: the plain format)."""
+    text = PROMPT_TEMPLATES.get(template or "plain", template)
+    if "{question}" not in text:
+        raise ValueError(f"prompt template {template!r} is neither a known name ({', '.join(PROMPT_TEMPLATES)}) "
+                         "nor a template with {question} in it")
+    return text
+
+
+class PromptFormatError(ValueError):
+    """The prompt format asked for cannot be built with this tokenizer."""
 
 
 def user_message(question: str, instruction: str | None = None) -> str:
@@ -33,15 +64,23 @@ def _messages(question: str, system_prompt: str | None, instruction: str | None)
     return messages
 
 
-def _plain_text(question: str, system_prompt: str | None, instruction: str | None) -> str:
-    """Plain format; a system prompt, if any, goes first as its own paragraph."""
-    text = PLAIN_TEMPLATE.format(question=user_message(question, instruction))
+def _plain_text(question: str, system_prompt: str | None, instruction: str | None,
+                template: str | None = None) -> str:
+    """Plain format (`template`, see `resolve_template`); a system prompt, if any, goes
+    first as its own paragraph. Only `{question}` is filled: other braces are literal."""
+    text = resolve_template(template).replace("{question}", user_message(question, instruction))
     return f"{system_prompt.strip()}\n\n{text}" if system_prompt and system_prompt.strip() else text
 
 
-def _check_style(style: str) -> None:
+def _use_chat(tokenizer: Any, style: str) -> bool:
+    """Whether to apply the chat template; a chat prompt without a template is an error."""
     if style not in ("chat", "plain"):
         raise ValueError(f"unknown prompt style {style!r}; expected 'chat' or 'plain'")
+    if style == "chat" and not has_chat_template(tokenizer):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise PromptFormatError(f"task.prompt_format=chat, but the tokenizer {name!r} has no chat template; set "
+                                "task.prompt_format=plain, or model.tokenizer to one that has a template")
+    return style == "chat"
 
 
 def _as_id_list(encoded: Any) -> list[int]:
@@ -65,13 +104,13 @@ def build_prompt_text(
     style: PromptStyle = "chat",
     system_prompt: str | None = None,
     instruction: str | None = None,
+    template: str | None = None,
 ) -> str:
     """The prompt as text (for logs and previews; use `build_prompt_ids` for generation)."""
-    _check_style(style)
-    if style == "chat" and has_chat_template(tokenizer):
+    if _use_chat(tokenizer, style):
         messages = _messages(question, system_prompt, instruction)
         return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    return _plain_text(question, system_prompt, instruction)
+    return _plain_text(question, system_prompt, instruction, template)
 
 
 def build_prompt_ids(
@@ -80,15 +119,18 @@ def build_prompt_ids(
     style: PromptStyle = "chat",
     system_prompt: str | None = None,
     instruction: str | None = None,
+    template: str | None = None,
 ) -> list[int]:
     """Prompt token ids for `question` (plain Python ints).
 
     chat: apply_chat_template([system?, user], add_generation_prompt=True, tokenize=True),
     so the template's own special tokens (BOS etc.) are placed exactly once.
     plain: tokenizer(text) with add_special_tokens=True (adds BOS for Llama-style tokenizers,
-    as the reference did; nothing for GPT-2-style ones)."""
-    _check_style(style)
-    if style == "chat" and has_chat_template(tokenizer):
+    as the reference did; nothing for GPT-2-style ones), unless the text already opens with
+    the BOS token (the `qwen_math` template), which must not be doubled."""
+    if _use_chat(tokenizer, style):
         messages = _messages(question, system_prompt, instruction)
         return _as_id_list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    return _as_id_list(tokenizer(_plain_text(question, system_prompt, instruction), add_special_tokens=True))
+    text = _plain_text(question, system_prompt, instruction, template)
+    bos = getattr(tokenizer, "bos_token", None)
+    return _as_id_list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))))

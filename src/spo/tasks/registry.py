@@ -13,7 +13,11 @@ with `score_answer`. Options are keyword arguments with defaults (see each class
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import inspect
+import types
+import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -21,6 +25,7 @@ from spo.tasks.arith import ArithSpec
 from spo.tasks.arith import splits as arith_splits
 from spo.tasks.problems import (
     GSM8K_HUB_ID,
+    DataError,
     MATH500_HUB_ID,
     Problem,
     drop_overlap,
@@ -65,8 +70,16 @@ class Task(ABC):
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
         if split not in self._cache:
-            self._cache[split] = self._load(split)
+            try:
+                self._cache[split] = self._load(split)
+            except (TypeError, ValueError) as err:
+                if isinstance(err, DataError):
+                    raise
+                raise DataError(f"task {self.name!r}: cannot build the {split} split: {err} (check task.options)"
+                                ) from None
         problems = self._cache[split]
+        if split == "train" and not problems:
+            raise DataError(f"task {self.name!r}: the train split is empty (check task.options: sizes, paths)")
         return list(problems if limit is None else problems[:limit])
 
     @abstractmethod
@@ -89,10 +102,12 @@ class Task(ABC):
 
     # --- prompts ------------------------------------------------------------------
     def prompt_ids(
-        self, tokenizer: Any, problem: Problem, style: PromptStyle = "chat", system_prompt: str | None = None
+        self, tokenizer: Any, problem: Problem, style: PromptStyle = "chat", system_prompt: str | None = None,
+        template: str | None = None,
     ) -> list[int]:
-        """Prompt token ids for `problem`, with this task's answer-format instruction."""
-        return build_prompt_ids(tokenizer, problem.question, style, system_prompt, self.instruction)
+        """Prompt token ids for `problem`, with this task's answer-format instruction
+        (`template`: the plain format's, see spo.tasks.prompts)."""
+        return build_prompt_ids(tokenizer, problem.question, style, system_prompt, self.instruction, template)
 
 
 class GSM8KTask(Task):
@@ -213,11 +228,30 @@ class ReasoningGymTask(Task):
         self.seed, self.eval_seed = seed, eval_seed
         self.train_size, self.eval_size = train_size, eval_size
         self.partial_credit = partial_credit
-        # Scorer from a config-aware instance (fails early on a bad name or option).
-        self._scorer = reasoning_gym.create_dataset(dataset, seed=seed, size=1, **self.dataset_options)
+        if train_size < 1 or eval_size < 0:
+            raise ValueError(f"train_size must be >= 1 and eval_size >= 0, got {train_size}, {eval_size}")
+        known = reasoning_gym.factory.DATASETS
+        if dataset not in known:
+            close = difflib.get_close_matches(dataset, known, n=3)
+            raise DataError(f"task.options.dataset: unknown reasoning-gym dataset {dataset!r}"
+                            + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+                            + f"; known: {', '.join(sorted(known))}")
+        # Scorer from a config-aware instance (fails early on a bad option).
+        self._scorer = self._reasoning_gym(reasoning_gym.create_dataset, dataset, seed=seed, size=1,
+                                           **self.dataset_options)
+
+    def _reasoning_gym(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into reasoning-gym, whose configs validate with assertions and may raise any
+        exception on a bad option: any failure is the user's dataset_options, said so."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise DataError(f"task.options.dataset_options: reasoning-gym dataset {self.dataset!r} rejects "
+                            f"{self.dataset_options}: {type(err).__name__}: {err}") from None
 
     def _load(self, split: Split) -> list[Problem]:
-        train, evals = reasoning_gym_splits(
+        train, evals = self._reasoning_gym(
+            reasoning_gym_splits,
             self.dataset,
             train_size=self.train_size,
             eval_size=self.eval_size,
@@ -307,11 +341,54 @@ def task_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether `value` (read from YAML) is of the option type `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if tp in (int, float):  # an int is a float option's value too; a bool is neither
+        return isinstance(value, (int,) if tp is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, origin or tp)
+
+
+def _checked_options(cls: type[Task], options: dict[str, Any]) -> dict[str, Any]:
+    """`options` checked against the types of `cls`'s keyword arguments (YAML's "1e-6",
+    a string, accepted as a float), so that a wrong one is named now rather than failing
+    somewhere inside the task later. Raises DataError naming `task.options.<key>`."""
+    hints = typing.get_type_hints(cls.__init__)
+    checked = {}
+    for key, value in options.items():
+        tp = hints.get(key, Any)
+        if isinstance(value, str) and not _fits(value, tp) and _fits(0.5, tp):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if not _fits(value, tp):
+            raise DataError(f"task.options.{key}: expected {_type_name(tp)}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
 def build_task(name: str, **options: Any) -> Task:
     """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps") from keyword options.
-    Unknown names and options raise ValueError listing the valid ones."""
+    Unknown names and options raise ValueError listing the valid ones; options of the wrong
+    type or out of range raise DataError naming them."""
     valid = task_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for task {name!r}; valid options: {sorted(valid)}")
-    return TASKS[name](**options)
+    try:
+        return TASKS[name](**_checked_options(TASKS[name], options))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"task.options ({name}): {err}") from None

@@ -1,4 +1,4 @@
-"""Checkpoints that a crash cannot corrupt.
+"""Checkpoints that a crash cannot corrupt, and that are checked before they are trusted.
 
 Layout of one checkpoint (`RUN/checkpoints/iter_000010/`):
     model/            HF folder (config + safetensors + tokenizer): `from_pretrained` loads it
@@ -9,15 +9,24 @@ Layout of one checkpoint (`RUN/checkpoints/iter_000010/`):
     algorithm_rank{R}.json  the algorithm's own state on each process (SPO-tree: its
                       replay buffer), when it has any
     algorithm/        models the algorithm trains besides the policy (PPO: its critic), if any
-    trainer_state.json  iteration reached and what the loop needs to continue
+    trainer_state.json  iteration reached, where metrics.jsonl ended, what the loop needs to continue
+    manifest.json     size and sha256 of every other file, written last
 
-Everything is written into a temporary sibling folder first and renamed into place
-only when complete (rename is atomic on one file system), then `RUN/checkpoints/latest`
-is replaced atomically. A crash mid-save leaves the previous checkpoint untouched.
+Everything is written into a temporary sibling folder first, the manifest last, and the
+folder is renamed into place only when complete (rename is atomic on one file system);
+then `RUN/checkpoints/latest` is replaced atomically and older checkpoints are pruned,
+never before the new one is in place. A crash (kill -9) at any moment leaves the previous
+checkpoint untouched.
+
+Before a checkpoint is trusted (`latest_checkpoint`), its files are checked against its
+manifest: a truncated, missing or altered file makes it "damaged", and the newest good
+one is used instead, with a warning. A checkpoint without a manifest (written before spo
+had them) is trusted when its trainer_state.json is there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,22 +40,38 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from spo.models import is_lora, save_hf_model
+from spo.train.faults import disk_full_is_fatal, kill_point
+from spo.train.run_log import METRICS_FILE
 
 log = logging.getLogger("spo.train")
 
 LATEST = "latest"
 ALGORITHM_DIR = "algorithm"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+PREFIX = "iter_"
+DAMAGED_PREFIX = "damaged-"
+"""Damaged checkpoints newer than the one a run resumes from are renamed `damaged-iter_...`
+(kept for inspection, ignored by spo)."""
+_CHUNK = 1 << 20
 
 
 def checkpoint_name(iteration: int) -> str:
-    return f"iter_{iteration:06d}"
+    return f"{PREFIX}{iteration:06d}"
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The iteration in a checkpoint folder's name (`iter_000010`, `.old-iter_000010` -> 10)."""
+    return int(path.name.rpartition(PREFIX)[2])
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,45 +83,93 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def staging_dir(ckpt_root: Path, iteration: int) -> Path:
-    """A fresh temporary folder to write checkpoint `iteration` into."""
-    tmp = ckpt_root / f".tmp-{checkpoint_name(iteration)}"
-    if tmp.exists():  # left by an earlier crash
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+# ---------------------------------------------------------------------------------------
+# The manifest: sizes and hashes, written last, checked before a checkpoint is trusted.
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def commit_checkpoint(ckpt_root: Path, staged: Path, iteration: int, keep: int) -> Path:
-    """Rename the staged folder into place, point `latest` at it, prune old ones."""
-    final = ckpt_root / checkpoint_name(iteration)
-    if final.exists():  # re-saving the same iteration (e.g. after a resume): replace it
-        old = ckpt_root / f".old-{final.name}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(staged, final)
-    write_text_atomic(ckpt_root / LATEST, final.name + "\n")
-    done = sorted(p for p in ckpt_root.glob("iter_*") if p.is_dir())
-    for old in done[:-keep]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def write_manifest(folder: Path) -> None:
+    """manifest.json: {"files": {relative path: {"size", "sha256"}}} of every file in `folder`."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _files(folder)}
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+
+
+def verify_checkpoint(path: Path, *, hashes: bool = True) -> str | None:
+    """Why checkpoint folder `path` cannot be trusted, or None when it can: every file in its
+    manifest is there with its size (and, with `hashes`, its sha256)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None if (path / STATE_FILE).is_file() else f"no {MANIFEST} and no {STATE_FILE}"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} is unreadable ({err})"
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != meta["size"]:
+            return f"{name} has {size} bytes, its manifest says {meta['size']} (truncated?)"
+        if hashes and _sha256(file) != meta["sha256"]:
+            return f"{name} does not match its sha256 in the manifest (altered or corrupted)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Finding the checkpoint to trust.
+
+def _candidates(root: Path) -> list[Path]:
+    """Checkpoint folders, newest first. A `.old-iter_N` (the previous copy of iteration N,
+    moved aside while N was saved again) counts when `iter_N` itself is missing."""
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir()]
+    found += [p for p in root.glob(f".old-{PREFIX}*")
+              if p.is_dir() and not (root / p.name.removeprefix(".old-")).exists()]
+    return sorted(found, key=checkpoint_iteration, reverse=True)
+
+
+def latest_checkpoint(run_dir: str | Path, *, tidy: bool = False) -> Path | None:
+    """The newest checkpoint of a run that passes `verify_checkpoint`, or None. Damaged ones
+    are skipped with a warning. `tidy` (the process about to resume the run): damaged ones
+    newer than the one returned are renamed `damaged-iter_...`, so that nothing takes them
+    for the run's state; a `.old-` copy returned is renamed back; the leftovers of writes
+    and deletions a kill interrupted are removed."""
     root = Path(run_dir) / "checkpoints"
-    pointer = root / LATEST
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if (path / STATE_FILE).is_file():
-            return path
-    candidates = sorted(p for p in root.glob("iter_*") if (p / STATE_FILE).is_file())
-    return candidates[-1] if candidates else None
+    found = None
+    for path in _candidates(root):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            found = path
+            break
+        log.warning("checkpoint %s is damaged (%s); falling back to the previous one", path, problem)
+        if tidy:
+            aside = root / f"{DAMAGED_PREFIX}{path.name.removeprefix('.old-')}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+            log.warning("moved it to %s", aside)
+    if tidy:
+        if found is not None and found.name.startswith(".old-"):  # killed while saving it again
+            os.replace(found, root / found.name.removeprefix(".old-"))
+            found = root / found.name.removeprefix(".old-")
+        _remove_leftovers(root)
+    return found
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Staging folders of unfinished saves and folders that were being deleted."""
+    for leftover in [*root.glob(f".tmp-{PREFIX}*"), *root.glob(f".del-{PREFIX}*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -107,40 +180,101 @@ def write_state(staged: Path, state: dict[str, Any]) -> None:
     (staged / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
+# ---------------------------------------------------------------------------------------
+# Writing: stage, manifest, rename, point `latest`, prune.
+
+def staging_dir(ckpt_root: Path, iteration: int) -> Path:
+    """A fresh temporary folder to write checkpoint `iteration` into (what earlier crashes
+    left is removed first)."""
+    _remove_leftovers(ckpt_root)
+    tmp = ckpt_root / f".tmp-{checkpoint_name(iteration)}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_checkpoint(ckpt_root: Path, staged: Path, iteration: int, keep: int) -> Path:
+    """Write the staged folder's manifest, rename it into place, point `latest` at it, then
+    prune: of the older checkpoints, the `keep - 1` newest good ones stay."""
+    write_manifest(staged)
+    kill_point("checkpoint.staged")
+    final = ckpt_root / checkpoint_name(iteration)
+    old = ckpt_root / f".old-{final.name}"
+    if final.exists():  # saving the same iteration again (e.g. after a resume): replace it
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    kill_point("checkpoint.commit")
+    write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if verify_checkpoint(final, hashes=False) is None:  # never prune before the new one is sound
+        older = [p for p in _candidates(ckpt_root) if checkpoint_iteration(p) < iteration]
+        good = [p for p in older if verify_checkpoint(p, hashes=False) is None][: keep - 1]
+        for path in older:
+            if path not in good:  # renamed first, so that a kill mid-deletion leaves no half checkpoint
+                trash = ckpt_root / f".del-{path.name.removeprefix('.old-')}"
+                os.replace(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def save_training_state(staged: Path, *, model, tokenizer, optimizer, scheduler) -> None:
+    """Model (LoRA: adapter for resuming + merged weights to load), optimizer and scheduler."""
+    if is_lora(model):
+        model.save_pretrained(staged / "adapter")
+    save_hf_model(model, staged / "model", tokenizer)
+    kill_point("checkpoint.write")
+    torch.save(optimizer.state_dict(), staged / "optimizer.pt")
+    torch.save(scheduler.state_dict(), staged / "scheduler.pt")
+
+
 def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimizer, scheduler, algorithm, dist,
                     state: dict[str, Any], keep: int) -> Path | None:
     """Write checkpoint `iteration` of a run from every process (collective): the main
-    process writes the model (LoRA: adapter for resuming, merged weights to load),
-    optimizer and scheduler, every process its RNG and algorithm state; then it is
-    committed atomically. `model` is the unwrapped policy. Returns the folder on the main
-    process."""
+    process writes the model, optimizer, scheduler and the algorithm's files, every
+    process its RNG and algorithm state; then the main process records how long
+    metrics.jsonl was (resuming cuts it back to that) and commits the checkpoint. `model`
+    is the unwrapped policy. Returns the folder on the main process. A full disk raises
+    DiskFullError after removing the partial folder; the previous checkpoint is untouched."""
     root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
-    staged = staging_dir(root, iteration) if dist.is_main else root / f".tmp-{checkpoint_name(iteration)}"
-    dist.barrier()
-    if dist.is_main:
-        if is_lora(model):
-            model.save_pretrained(staged / "adapter")
-        save_hf_model(model, staged / "model", tokenizer)
-        torch.save(optimizer.state_dict(), staged / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staged / "scheduler.pt")
-        algorithm.save_files(staged / ALGORITHM_DIR)
-    torch.save(rng_state(), staged / f"rng_rank{dist.rank}.pt")
-    algorithm_state = algorithm.state_dict()
-    if algorithm_state:
-        (staged / f"algorithm_rank{dist.rank}.json").write_text(json.dumps(algorithm_state))
-    dist.barrier()
-    final = None
-    if dist.is_main:
-        write_state(staged, {"iteration": iteration, "world_size": dist.world, **state})
-        final = commit_checkpoint(root, staged, iteration, keep)
-        log.info("saved checkpoint %s", final)
+    staged = root / f".tmp-{checkpoint_name(iteration)}"
+    with disk_full_is_fatal(f"the checkpoint of iteration {iteration}",
+                            lambda: f"{_previous(run_dir)}; free space, then `spo train --resume {run_dir}`"):
+        try:
+            if dist.is_main:
+                root.mkdir(exist_ok=True)
+                staging_dir(root, iteration)
+            dist.barrier()
+            if dist.is_main:
+                save_training_state(staged, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                                    scheduler=scheduler)
+                algorithm.save_files(staged / ALGORITHM_DIR)
+            torch.save(rng_state(), staged / f"rng_rank{dist.rank}.pt")
+            algorithm_state = algorithm.state_dict()
+            if algorithm_state:
+                (staged / f"algorithm_rank{dist.rank}.json").write_text(json.dumps(algorithm_state))
+            dist.barrier()
+            final = None
+            if dist.is_main:
+                metrics = run_dir / METRICS_FILE
+                write_state(staged, {"iteration": iteration, "world_size": dist.world,
+                                     "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0, **state})
+                final = commit_checkpoint(root, staged, iteration, keep)
+                log.info("saved checkpoint %s", final)
+        except OSError:
+            if dist.is_main:
+                shutil.rmtree(staged, ignore_errors=True)  # free what the partial copy took
+            raise
     dist.barrier()
     return final
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank: int) -> dict[str, Any]:
-    """Restore what `save_checkpoint` wrote into the given objects; returns its trainer state."""
+def _previous(run_dir: Path) -> str:
+    previous = latest_checkpoint(run_dir)
+    return f"the previous checkpoint {previous} is intact" if previous else "no checkpoint was written yet"
+
+
+def load_training_state(path: Path, *, model, optimizer, scheduler, rank: int = 0) -> None:
+    """Restore what `save_training_state` wrote (and this process's RNG state)."""
     if is_lora(model):
         from peft import set_peft_model_state_dict  # peft is imported only for LoRA runs (slow to import)
 
@@ -153,6 +287,11 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank:
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank: int) -> dict[str, Any]:
+    """Restore what `save_checkpoint` wrote into the given objects; returns its trainer state."""
+    load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
     algorithm.load_files(path / ALGORITHM_DIR)
     algorithm_file = path / f"algorithm_rank{rank}.json"
     legacy_replay = path / f"replay_rank{rank}.json"  # SPO-tree's buffer, before algorithm_rank files

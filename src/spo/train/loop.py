@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from spo.algorithms.base import Batch, Context
+from spo.algorithms.base import Batch, Context, iteration_metrics
 from spo.algorithms.registry import algorithm_class
 from spo.config import ConfigError, RunConfig, save_config, to_dict
 from spo.distributed import Dist
@@ -37,11 +37,12 @@ from spo.optimize.optimizer import build_optimizer
 from spo.optimize.update import NonFiniteLossError, PolicyUpdate
 from spo.sample.factory import build_engine
 from spo.seeds import SALT_EVAL, derive_seed
-from spo.tasks.problems import withhold_last
+from spo.tasks.problems import drop_long_questions, withhold_last
 from spo.tasks.registry import build_task
 from spo.train import checkpoint as ckpt
 from spo.train.progress import Progress
-from spo.train.run_log import RunLog, read_metrics
+from spo.train.run_dir import prepare_run_dir, run_folder
+from spo.train.run_log import RunLog, metrics_at_checkpoint
 from spo.train.sft import resolve_model_name
 
 __all__ = ["NonFiniteLossError", "Trainer", "prepare_run_dir", "train"]
@@ -84,12 +85,18 @@ class Trainer:
         # --- models: the policy, and a frozen copy of its start for the KL term (LoRA: the base)
         model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
         self.tokenizer = load_tokenizer(resolve_model_name(cfg.model.tokenizer or model_cfg.name_or_path))
+        t = cfg.task
+        problems = self.train_problems = drop_long_questions(
+            problems, lambda p: len(self.task.prompt_ids(self.tokenizer, p, t.prompt_format, t.system_prompt,
+                                                         t.prompt_template)), t.max_question_tokens)
+        if not problems:
+            raise ConfigError(f"task.max_question_tokens={cfg.task.max_question_tokens} leaves no training problem")
         policy = load_policy_from_config(model_cfg, seed=cfg.seed, device=self.acc.device)
         reference = load_reference(policy) if cfg.algorithm.kl_coef > 0 else None
 
         # --- algorithm, optimizer, engine. The lr schedule counts the most optimizer steps an
         # iteration can take (SPO-tree trains a varying number of edges).
-        samples = cfg.sampling.prompts_per_iteration * algorithm_cls.max_samples_per_prompt(cfg)
+        samples = algorithm_cls.max_samples_per_iteration(cfg)
         steps_per_iteration = cfg.algorithm.epochs * math.ceil(samples / cfg.algorithm.mini_batch_size)
         self.optimizer, self.scheduler = build_optimizer(policy, cfg.optim, cfg.iterations * steps_per_iteration)
         self.policy = self.acc.prepare(policy)
@@ -156,34 +163,12 @@ class Trainer:
     # ------------------------------------------------------------------ metrics and logs
 
     def iteration_record(self, it: int, batch: Batch, stats: dict[str, float]) -> dict[str, Any]:
-        """The iteration's metrics over all processes (one line of metrics.jsonl)."""
-        total = self.dist.global_sum
-        rows = self.dist.gather(batch.responses)
-        counted = total(sum(sum(s.loss_mask) for s in batch.samples))
-        trained_tokens = total(sum(len(s.response_ids) for s in batch.samples))
-        rewards = [r for r, _, _ in rows]
-        lengths = [n for _, n, _ in rows]
-        record: dict[str, Any] = {
-            "iteration": it + 1,
-            "reward_mean": sum(rewards) / len(rewards),
-            "accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
-            "response_len_mean": sum(lengths) / len(lengths),
-            "truncated_frac": sum(t for _, _, t in rows) / len(rows),
-            "tokens_generated": int(total(batch.tokens_generated)),
-            "loss_tokens_frac": counted / max(trained_tokens, 1),
-            "episodes": int(total(len(batch.samples))),
-            **stats,
-        }
-        for key, value in batch.work.items():  # extra work (MC states, tree nodes), all processes
-            record[key] = int(total(value)) if isinstance(value, int) else total(value)
-        record["tokens_generated_total"] = record["tokens_generated"] + int(total(batch.extra_tokens))
-        record["samples_generated"] = int(total(batch.sequences_generated))
-        record.update({f"time_{k}": v for k, v in batch.timings.items()})
-        record["time_total"] = sum(batch.timings.values())
+        """The iteration's metrics over all processes (one line of metrics.jsonl), with the
+        running totals of what the run has used (budgets, plots)."""
+        record = iteration_metrics(it, batch, stats, self.dist)
         self.algorithm.finish_record(record, batch)
-        # running totals of what the run has used (budgets, plots); seconds: the same on every process
         used = {"tokens": record["tokens_generated_total"], "samples": record["samples_generated"],
-                "seconds": total(record["time_total"]) / self.dist.world}
+                "seconds": self.dist.global_sum(record["time_total"]) / self.dist.world}  # the same on every process
         for key, value in used.items():
             self.spent[key] = self.spent.get(key, 0) + value
             record[f"{key}_cumulative"] = self.spent[key]
@@ -204,11 +189,12 @@ class Trainer:
         """Held-out accuracy (pass@k, maj@k) of the current policy, logged as an eval line."""
         cfg, dist = self.cfg, self.dist
         params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens,
-                                   derive_seed(cfg.seed, iteration, dist.rank, SALT_EVAL))
+                                   derive_seed(cfg.seed, iteration, dist.rank, SALT_EVAL), cfg.sampling.stop)
         problems = self.eval_problems[dist.rank :: dist.world]
         with progress.phase(f"eval after iter {iteration}", total=None):
             result = evaluate(self.engine, self.tokenizer, self.task, problems, params, k=cfg.eval.samples,
-                              prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
+                              prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt,
+                              prompt_template=cfg.task.prompt_template)
         rows = dist.gather(result.per_problem)
         if dist.is_main:
             summary = summarize(rows, cfg.eval.samples)
@@ -219,32 +205,32 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir)
+        """Continue from the newest good checkpoint (damaged newer ones are set aside): weights,
+        optimizer, RNG, algorithm state, the logs as they were when it was saved, the budget
+        spent. A run whose training was over has only its final evaluation left, if that."""
+        path = ckpt.latest_checkpoint(self.run_dir, tidy=self.dist.is_main)
         if path is None:
-            raise FileNotFoundError(f"--resume {self.run_dir}: no complete checkpoint under {self.run_dir}/checkpoints")
+            raise FileNotFoundError(f"--resume {self.run_dir}: no complete checkpoint under {self.run_dir}/checkpoints"
+                                    f" (`--resume auto --output-dir {self.run_dir}` starts it again)")
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      algorithm=self.algorithm, rank=self.dist.rank)
-        self.start_iteration = int(state["iteration"])
+        done = self.start_iteration = int(state["iteration"])
+        rows, final_eval = metrics_at_checkpoint(self.run_dir, done, state.get("metrics_bytes"))
         if self.log:
-            self.log.truncate_after(self.start_iteration)
-        logged = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").exists() else []
-        done = [r for r in logged if r["iteration"] <= self.start_iteration]
-        if done:
-            self.spent = {k: done[-1].get(f"{k}_cumulative", 0) for k in ("tokens", "samples", "seconds")}
-        log.info("resumed from %s (iteration %d)", path, self.start_iteration)
-
-
-def prepare_run_dir(output_dir: str | None) -> Path:
-    path = Path(output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+            self.log.resume_at(done, state.get("metrics_bytes"))
+        trained = [r for r in rows if r.get("kind", "train") == "train"]
+        if trained:
+            self.spent = {k: trained[-1].get(f"{k}_cumulative", 0) for k in ("tokens", "samples", "seconds")}
+        if done >= self.cfg.iterations or (trained and self.budget_spent()):
+            at_end = self.cfg.eval.at_end and not final_eval
+            self.cfg = dataclasses.replace(self.cfg, iterations=done, eval=dataclasses.replace(self.cfg.eval,
+                                                                                                 at_end=at_end))
+        log.info("resumed from %s (iteration %d)", path, done)
 
 
 def train(cfg: RunConfig, resume_dir: str | None = None) -> Path:
-    """Run (or resume) training; returns the run folder."""
-    if resume_dir is not None:
-        run_dir = Path(resume_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        return Trainer(cfg, run_dir, resume=True).train()
-    return Trainer(cfg, prepare_run_dir(cfg.output_dir)).train()
+    """Run or resume training; returns the run folder. `resume_dir`: None (a new run in
+    cfg.output_dir), a run folder to continue, or "auto" (continue cfg.output_dir when it has
+    a checkpoint, else start it); see spo.train.run_dir."""
+    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming):
+        return Trainer(cfg, run_dir, resume=resuming).train()

@@ -17,6 +17,13 @@ Caching: without `output_dir` the folder is `$SPO_CACHE_DIR/sft/<hash of the con
 when it exists the model is not trained again (`ensure_sft_model` returns it at once).
 The hash covers every option except `output_dir` and `log_every`, plus SFT_CACHE_VERSION
 and spo.tiny_models.VERSION (the built-in tiny model's vocabulary and architecture).
+
+Crashes: while training, a verified checkpoint (spo.train.checkpoint: model, optimizer,
+scheduler, RNG, the metrics so far) is saved after every validation (every
+`FALLBACK_SAVE_EVERY` steps when `eval_every` is 0) into the hidden sibling folder
+`.<name>.partial/`, which also holds the lock that keeps a second `spo sft` of the same
+folder waiting. Running the same config again after a kill continues from there and
+trains the same weights; the partial folder is removed once the model folder is published.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +52,18 @@ from spo.tasks.problems import Problem, withhold_last
 from spo.tasks.prompts import build_prompt_text
 from spo.tasks.registry import build_task
 from spo.tiny_models import VERSION as TINY_MODELS_VERSION
+from spo.train.checkpoint import (
+    commit_checkpoint,
+    latest_checkpoint,
+    load_training_state,
+    read_state,
+    rng_state,
+    save_training_state,
+    staging_dir,
+    write_state,
+)
+from spo.train.faults import disk_full_is_fatal, kill_point
+from spo.train.run_dir import RunLock
 
 log = logging.getLogger("spo.sft")
 
@@ -53,6 +73,9 @@ so that stale cached models are not reused."""
 METRICS_FILE = "sft_metrics.json"
 CONFIG_FILE = "sft_config.yaml"
 EVAL_FILE = "sft_eval.jsonl"
+PARTIAL_SUFFIX = ".partial"
+FALLBACK_SAVE_EVERY = 100
+"""Steps between checkpoints when `eval_every` is 0 (otherwise one after every validation)."""
 _UNHASHED = ("output_dir", "log_every")  # options that do not change the trained model
 IGNORE_INDEX = -100  # label of tokens the loss skips (the prompt, padding): HF's convention
 SFT_PREFIX = "sft:"
@@ -87,6 +110,11 @@ def output_path(cfg: SFTConfig) -> Path:
     return cache_dir() / "sft" / config_hash(cfg)
 
 
+def partial_path(out: Path) -> Path:
+    """Where an unfinished training of `out` keeps its checkpoints and lock."""
+    return out.parent / f".{out.name}{PARTIAL_SUFFIX}"
+
+
 def cached_metrics(path: Path, cfg: SFTConfig) -> dict[str, Any] | None:
     """The metrics of a finished SFT folder made with this config, else None. A folder made
     with another config is an error rather than something to overwrite or silently reuse."""
@@ -114,7 +142,7 @@ def response_prefix(prompt_text: str) -> str:
 
 
 def encode_example(tokenizer: Any, task: Any, problem: Problem, prompt_format: str,
-                   system_prompt: str | None) -> tuple[list[int], int]:
+                   system_prompt: str | None, prompt_template: str | None = None) -> tuple[list[int], int]:
     """(token ids of prompt + solution + eos, number of prompt tokens).
 
     The prompt ids are the ones RL and evaluation condition on (`task.prompt_ids`); the
@@ -122,8 +150,9 @@ def encode_example(tokenizer: Any, task: Any, problem: Problem, prompt_format: s
     those ids, and to stop: eos ends every target."""
     if problem.solution is None:
         raise ValueError(f"problem {problem.id} has no reference solution: SFT needs one per training problem")
-    prompt = task.prompt_ids(tokenizer, problem, prompt_format, system_prompt)
-    text = build_prompt_text(tokenizer, problem.question, prompt_format, system_prompt, task.instruction)
+    prompt = task.prompt_ids(tokenizer, problem, prompt_format, system_prompt, prompt_template)
+    text = build_prompt_text(tokenizer, problem.question, prompt_format, system_prompt, task.instruction,
+                             prompt_template)
     target = tokenizer(response_prefix(text) + problem.solution.strip(), add_special_tokens=False)["input_ids"]
     return prompt + list(target) + [tokenizer.eos_token_id], len(prompt)
 
@@ -149,7 +178,8 @@ def held_out_eval(engine: Any, tokenizer: Any, task: Any, problems: list[Problem
                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     params = evaluation_params(EvalConfig(temperature=0.0), cfg.max_new_tokens, cfg.seed)  # greedy
     result = evaluate(engine, tokenizer, task, problems, params, k=1,
-                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt)
+                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt,
+                      prompt_template=cfg.task.prompt_template)
     return summarize(result.per_problem, 1), result.per_problem
 
 
@@ -170,9 +200,13 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     eval_problems = task.problems("eval", cfg.task.eval_limit)
     val_problems = eval_problems
     if cfg.val_size:  # choose the model on held-back training problems, not on the eval split
-        train_problems, val_problems = withhold_last(train_problems, cfg.val_size, "sft: val_size")
-    if not train_problems:
-        raise ValueError(f"task {cfg.task.name!r} has no training problems")
+        try:
+            train_problems, val_problems = withhold_last(train_problems, cfg.val_size, "val_size")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if any(p.solution is None for p in train_problems):
+        raise ConfigError(f"task.name: task {cfg.task.name!r} has no gold solutions, which SFT trains on "
+                          "(arith_steps, gsm8k and math500 have them)")
 
     # --- model
     model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
@@ -180,14 +214,15 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     model = load_policy_from_config(model_cfg, seed=cfg.seed)
     device = next(model.parameters()).device
     max_len = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
-    encoded = [encode_example(tokenizer, task, p, cfg.task.prompt_format, cfg.task.system_prompt)
+    encoded = [encode_example(tokenizer, task, p, cfg.task.prompt_format, cfg.task.system_prompt,
+                              cfg.task.prompt_template)
                for p in train_problems]
     examples = [e for e in encoded if len(e[0]) <= max_len]
     if len(examples) < len(encoded):
         log.warning("sft: dropped %d of %d examples longer than the model's %d positions",
                     len(encoded) - len(examples), len(encoded), max_len)
     if not examples:
-        raise ValueError("sft: no training example fits the model's context")
+        raise ConfigError(f"model: no training example fits the model's {max_len} positions")
     log.info("sft: %d examples (mean %.1f tokens), %d held-out problems, %.2fM parameters",
              len(examples), sum(len(e[0]) for e in examples) / len(examples), len(eval_problems),
              num_parameters(model) / 1e6)
@@ -195,17 +230,21 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     # --- optimizer and evaluation engine (the engine samples from the model being trained)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps)
     engine = HFEngine(model, tokenizer, batch_size=cfg.eval_batch_size)
-    losses: list[dict[str, float]] = []
-    evals: list[dict[str, float]] = []
+    partial = partial_path(out)
+    progress = _resume(partial, cfg, model, optimizer, scheduler)  # {} when starting afresh
+    losses: list[dict[str, float]] = progress.get("losses", [])
+    evals: list[dict[str, float]] = progress.get("evals", [])
+    window: list[float] = progress.get("window", [])
+    eval_seconds = progress.get("eval_seconds", 0.0)
+    t_start -= progress.get("wall_seconds", 0.0)  # time spent before the crash still counts
     last_rows: list[dict[str, Any]] = []
-    window: list[float] = []
-    eval_seconds = 0.0
     stopped_by = "max_steps"
-    step = 0
+    step = first = progress.get("step", 0)
+    save_every = cfg.eval_every or FALLBACK_SAVE_EVERY
 
     # --- the loop
     model.train()
-    for step in range(1, cfg.max_steps + 1):
+    for step in range(first + 1, cfg.max_steps + 1):
         # consecutive slices of a seeded shuffle of the examples, reshuffled every epoch
         order = shuffled_positions(len(examples), (step - 1) * cfg.batch_size, cfg.batch_size, cfg.seed)
         batch = collate([examples[i] for i in order], tokenizer.pad_token_id, device)
@@ -242,6 +281,10 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
             if cfg.stop_at_accuracy is not None and accuracy >= cfg.stop_at_accuracy:
                 stopped_by = "stop_at_accuracy"
                 break
+        if step % save_every == 0 and step < cfg.max_steps:
+            _save_progress(partial, cfg, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                           scheduler=scheduler, losses=losses, evals=evals, window=window, eval_seconds=eval_seconds,
+                           wall_seconds=time.perf_counter() - t_start)
 
     # The eval split, once, for the record: what RL starts from (nothing above looked at it).
     t0 = time.perf_counter()
@@ -263,18 +306,50 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
         "losses": losses,
     }
     _save(model, tokenizer, cfg, metrics, last_rows, out)
+    shutil.rmtree(partial, ignore_errors=True)
     return metrics
+
+
+def _save_progress(partial: Path, cfg: SFTConfig, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
+                   scheduler: Any, **progress: Any) -> None:
+    """A checkpoint of step `step` in the partial folder (the previous one is pruned)."""
+    root = partial / "checkpoints"
+    with disk_full_is_fatal(f"the SFT checkpoint of step {step}",
+                            lambda: f"free space, then run the same `spo sft` again to continue from {partial}"):
+        staged = staging_dir(root, step)
+        save_training_state(staged, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler)
+        torch.save(rng_state(), staged / "rng_rank0.pt")
+        write_state(staged, {"iteration": step, "step": step, "config_hash": config_hash(cfg), **progress})
+        commit_checkpoint(root, staged, step, keep=1)
+
+
+def _resume(partial: Path, cfg: SFTConfig, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore the newest good checkpoint of an earlier, killed training of this config into
+    the given objects and return its progress (step, metrics so far); {} when there is none."""
+    ckpt = latest_checkpoint(partial, tidy=True)
+    if ckpt is None:
+        return {}
+    state = read_state(ckpt)
+    if state.get("config_hash") != config_hash(cfg):
+        log.warning("sft: %s holds another config's checkpoint; starting afresh", partial)
+        return {}
+    load_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+    log.info("sft: continuing from %s (step %d)", ckpt, state["step"])
+    return state
 
 
 def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], eval_rows: list[dict[str, Any]],
           out: Path) -> None:
     """Write everything into a temporary sibling of `out`, then rename it into place, so a
     crash never leaves a folder that looks finished. A LoRA model is saved merged."""
-    with staged_folder(out) as tmp:
-        save_hf_model(model, tmp, tokenizer)
-        save_config(cfg, tmp / CONFIG_FILE)
-        (tmp / EVAL_FILE).write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    with disk_full_is_fatal(f"the SFT model folder {out}", lambda: "free space, then run the same `spo sft` "
+                                                                   "again (it continues from its last checkpoint)"):
+        with staged_folder(out) as tmp:
+            save_hf_model(model, tmp, tokenizer)
+            save_config(cfg, tmp / CONFIG_FILE)
+            (tmp / EVAL_FILE).write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+            kill_point("sft.publish")
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,9 +359,14 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     """The SFT model of `cfg`: the cached folder when there is one, else trained now."""
     out = output_path(cfg)
     metrics = cached_metrics(out, cfg)
-    if metrics is not None:
-        return SFTResult(out, metrics, cached=True)
-    return SFTResult(out, train_sft(cfg, out), cached=False)
+    if metrics is None:
+        with RunLock(partial_path(out), wait=True):  # one trainer per folder; others wait for its result
+            metrics = cached_metrics(out, cfg)
+            if metrics is None:
+                for stale in out.parent.glob(f".{out.name}.tmp-*"):  # from a kill while publishing
+                    shutil.rmtree(stale, ignore_errors=True)
+                return SFTResult(out, train_sft(cfg, out), cached=False)
+    return SFTResult(out, metrics, cached=True)
 
 
 def ensure_sft_model(cfg: SFTConfig) -> Path:

@@ -1,0 +1,231 @@
+"""HF engine against vLLM engine on the same work, in one process: GRPO sampling, SPO-chain's
+Monte-Carlo continuations, one SPO-tree level, the vLLM engine's weight sync, and one full
+training iteration of GRPO and of SPO-chain with the vLLM engine.
+
+    python benchmarks/bench_engines.py                  # cpu-spo-chain, N = 9, interval 5, fp32
+    python benchmarks/bench_engines.py --skip-iterations
+    python benchmarks/bench_engines.py --config smoke-spo-chain --tree-config smoke-spo-tree \\
+        model.config_overrides.head_dim=32              # seconds; what the test runs
+
+Needs vLLM (the `.venv-vllm` of `make vllm-venv` on a CPU). Defaults: the cpu-spo-chain
+preset with `algorithm.mc_samples=9 algorithm.interval=5 model.dtype=float32` (the
+reference's N and interval); overrides after those win and apply to both presets.
+
+Part 1, same work for both engines (ratios are of runs in this process):
+  * sampling: iteration 0's prompts x G samples (each engine its own samples: tokens/s);
+  * MC: the states SPO-chain would continue from (the HF engine's iteration-0 responses cut
+    by the cutpoint rule), N continuations each, to the end of the response budget, sent
+    in one call: HF with each prefix encoded once for its N samples, HF re-encoding the
+    prefix for every sample (what `model.generate` on repeated prompts does), and vLLM
+    with prefix caching (every shared block encoded once, across states too);
+  * tree: the last level of the cpu-spo-tree preset's trees (levels above sampled once by
+    the HF engine), every open node's children in one call;
+  * sync: seconds of `sync_weights()` of the vLLM engine (the full state dict pushed, the
+    prefix cache emptied), several times.
+Part 2: `Trainer.step(0)` of `grpo` and of `spo_chain` with `sampling.engine=vllm`, by phase.
+Targets (issue 10, this CPU): MC tokens/s of vLLM >= 3x the HF engine re-encoding every
+prefix; a full SPO-chain iteration <= 2x a GRPO iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from spo.config import load_config  # noqa: E402
+from spo.partition.segments import partition_response  # noqa: E402
+from spo.presets import resolve_preset  # noqa: E402
+from spo.sample.factory import build_engine  # noqa: E402
+from spo.seeds import SALT_SAMPLE  # noqa: E402
+from spo.train.loop import Trainer  # noqa: E402
+from spo.train.progress import Progress  # noqa: E402
+
+DEFAULTS = ["algorithm.mc_samples=9", "algorithm.interval=5", "model.dtype=float32",
+            "eval.at_start=false", "eval.at_end=false", "progress=false"]
+PHASES = ["sample", "score", "partition", "values", "estimate", "optimize", "total"]
+
+
+def timed(engine, contexts, params, n, budgets=None) -> dict:
+    t0 = time.perf_counter()
+    out = engine.generate(contexts, params, n=n, max_new_tokens=budgets) if contexts else []
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(r.response_ids) for g in out for r in g)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9), "rollouts": out}
+
+
+def row(name: str, r: dict) -> None:
+    print(f"  {name:34s} {r['seconds']:8.2f} s {r['tokens']:7d} tokens {r['tokens_per_s']:8.1f} tok/s", flush=True)
+
+
+def mc_states(cfg, rollouts) -> tuple[list[list[int]], list[int]]:
+    """Distinct MC states (prompt + response prefix at each inner boundary) and budgets."""
+    a = cfg.algorithm
+    states, budgets, seen = [], [], set()
+    for group in rollouts:
+        for r in group:
+            bounds, _ = partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
+                                           segment_length=a.segment_length, max_segments=a.max_segments)
+            for t in bounds[1:-1]:
+                key = tuple(r.context_ids + r.response_ids[:t])
+                if key not in seen:
+                    seen.add(key)
+                    states.append(list(key))
+                    budgets.append(cfg.sampling.max_new_tokens - t)
+    return states, budgets
+
+
+def last_tree_level(tree_cfg, hf, contexts, params) -> tuple[list[list[int]], list[int], int]:
+    """The open nodes of the last level of the trees of `contexts` (upper levels sampled
+    by `hf`), their budgets, and the last level's branching."""
+    a = tree_cfg.algorithm
+    budget, m = tree_cfg.sampling.max_new_tokens, a.segment_length
+    nodes = [(list(c), 0) for c in contexts]  # (context, tokens used)
+    for depth, b in enumerate(a.tree_branching[:-1]):
+        limits = [min(m, budget - used) for _, used in nodes]
+        level = hf.generate([c for c, _ in nodes], dataclasses.replace(params, seed=params.seed + depth), n=b,
+                            max_new_tokens=limits)
+        nodes = [(c + r.response_ids, used + len(r.response_ids))
+                 for (c, used), group in zip(nodes, level) for r in group
+                 if r.finish_reason == "length" and used + len(r.response_ids) < budget]
+    return [c for c, _ in nodes], [budget - used for _, used in nodes], a.tree_branching[-1]
+
+
+def engine_throughput(cfg, tree_cfg, sync_repeats: int) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp))  # the HF engine, the policy, iteration 0's prompts
+        ctx, hf = trainer.algorithm.ctx, trainer.engine
+        t0 = time.perf_counter()
+        vllm = build_engine(dataclasses.replace(cfg.sampling, engine="vllm"), trainer.model, trainer.tokenizer)
+        out["vllm_start_seconds"] = time.perf_counter() - t0
+        vllm.sync_weights()  # the first push (else the first generate does it)
+        print(f"[start] vLLM engine {out['vllm_start_seconds']:.1f} s, first weight push "
+              f"{vllm.sync_seconds[-1]:.2f} s", flush=True)
+        contexts = [ctx.prompt_ids(i) for i, _ in ctx.prompts(0)]
+        params = ctx.sampling_params(0, SALT_SAMPLE)
+        G, N = cfg.sampling.group_size, cfg.algorithm.mc_samples
+
+        for engine in (hf, vllm):  # first-call costs (kernel selection, compiled helpers) out of the timings
+            engine.generate(contexts[:2], dataclasses.replace(params, max_new_tokens=4), n=2)
+        print(f"[sample] {len(contexts)} prompts x {G}, <= {cfg.sampling.max_new_tokens} tokens", flush=True)
+        sample = {"hf": timed(hf, contexts, params, G), "vllm": timed(vllm, contexts, params, G)}
+        for k, r in sample.items():
+            row(k, r)
+        states, budgets = mc_states(cfg, sample["hf"]["rollouts"])
+        mc_params = dataclasses.replace(params, seed=12345)
+        print(f"[mc] {len(states)} states x {N} continuations (interval {cfg.algorithm.interval})", flush=True)
+        mc = {"vllm": timed(vllm, states, mc_params, N, budgets)}
+        mc["vllm"]["cached_prompt_tokens"] = vllm.last_stats.cached_prompt_tokens
+        mc["vllm"]["prompt_tokens"] = vllm.last_stats.prompt_tokens
+        mc["hf_shared_prefill"] = timed(hf, states, mc_params, N, budgets)
+        hf.share_prefill = False
+        mc["hf_re_encoded"] = timed(hf, states, mc_params, N, budgets)
+        hf.share_prefill = True
+        for k, r in mc.items():
+            row(k, r)
+
+        tree_params = dataclasses.replace(params, max_new_tokens=tree_cfg.sampling.max_new_tokens,
+                                          temperature=tree_cfg.sampling.temperature)
+        level, level_budgets, b = last_tree_level(tree_cfg, hf, contexts, tree_params)
+        print(f"[tree] last level: {len(level)} open nodes x {b} children", flush=True)
+        tree = {"hf": timed(hf, level, tree_params, b, level_budgets),
+                "vllm": timed(vllm, level, tree_params, b, level_budgets)}
+        for k, r in tree.items():
+            row(k, r)
+
+        for _ in range(sync_repeats):
+            vllm.sync_weights()
+        sync = vllm.sync_seconds[1:]
+        print(f"[sync] {len(sync)} pushes: " + ", ".join(f"{s:.2f}" for s in sync) + " s", flush=True)
+        vllm.close()
+    for part in (sample, mc, tree):
+        for r in part.values():
+            r.pop("rollouts")
+    out.update(states=len(states), mc_samples=N, sample=sample, mc=mc,
+               tree={"open_nodes": len(level), "children": b, **tree}, sync_seconds=sync)
+    out["ratios"] = {
+        "sample_vllm_over_hf": sample["vllm"]["tokens_per_s"] / sample["hf"]["tokens_per_s"],
+        "mc_vllm_over_hf_re_encoded": mc["vllm"]["tokens_per_s"] / mc["hf_re_encoded"]["tokens_per_s"],
+        "mc_vllm_over_hf_shared": mc["vllm"]["tokens_per_s"] / mc["hf_shared_prefill"]["tokens_per_s"],
+        "mc_hf_shared_over_re_encoded": mc["hf_shared_prefill"]["tokens_per_s"] / mc["hf_re_encoded"]["tokens_per_s"],
+        "tree_vllm_over_hf": tree["vllm"]["tokens_per_s"] / max(tree["hf"]["tokens_per_s"], 1e-9),
+    }
+    return out
+
+
+def iteration(cfg, estimator: str) -> dict:
+    """Trainer.step(0) with the vLLM engine: phases in seconds, tokens, weight-sync seconds."""
+    cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, estimator=estimator),
+                              sampling=dataclasses.replace(cfg.sampling, engine="vllm"))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, Path(tmp))
+        built = time.perf_counter() - t0
+        record = trainer.step(0, Progress(enabled=False, quiet=True))
+        sync = list(trainer.engine.sync_seconds)
+        trainer.engine.close()
+    keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", "mc_states"]
+    return {**{k: record.get(k, 0) for k in keys}, "trainer_build_seconds": built, "sync_seconds": sync}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="cpu-spo-chain", help="preset of the sampling and MC parts")
+    ap.add_argument("--tree-config", default="cpu-spo-tree", help="preset whose trees give the tree level")
+    ap.add_argument("--skip-iterations", action="store_true", help="only part 1")
+    ap.add_argument("--sync-repeats", type=int, default=3)
+    ap.add_argument("--output", default="bench_results/engines.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    overrides = [*DEFAULTS, *args.overrides]
+    cfg = load_config(resolve_preset(args.config), overrides)
+    tree_cfg = load_config(resolve_preset(args.tree_config), overrides)
+    results: dict = {"config": args.config, "tree_config": args.tree_config, "overrides": overrides,
+                     "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.processor() or platform.machine(),
+                     "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                     "load_average_before": os.getloadavg()}
+    results["engines"] = engine_throughput(cfg, tree_cfg, args.sync_repeats)
+    gc.collect()
+    if not args.skip_iterations:
+        for est in ("grpo", "spo_chain"):
+            results[est] = iteration(cfg, est)
+            gc.collect()
+            print(f"[iter] {est:10s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in results[est].items() if k != "sync_seconds"),
+                  flush=True)
+        g, c = results["grpo"], results["spo_chain"]
+        results["ratios"] = {"spo_chain_iteration_over_grpo": c["time_total"] / max(g["time_total"], 1e-9)}
+        print("\nphase (s)        grpo   spo_chain   ratio   (vLLM engine)")
+        for k in (f"time_{p}" for p in PHASES):
+            ratio = f"{c[k] / g[k]:7.2f}" if g[k] >= 0.01 else "      -"
+            print(f"{k[5:]:12s} {g[k]:8.2f} {c[k]:10.2f} {ratio}")
+        print(f"tokens       {g['tokens_generated_total']:8.0f} {c['tokens_generated_total']:10.0f}")
+    results["load_average_after"] = os.getloadavg()
+    results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # whole process
+    r = results["engines"]["ratios"]
+    print(f"\nMC: vLLM {r['mc_vllm_over_hf_re_encoded']:.2f}x the tokens/s of the HF engine re-encoding every prefix "
+          f"(target >= 3), {r['mc_vllm_over_hf_shared']:.2f}x the HF engine sharing each prefix; sampling "
+          f"{r['sample_vllm_over_hf']:.2f}x; tree level {r['tree_vllm_over_hf']:.2f}x")
+    if "ratios" in results:
+        print(f"SPO-chain iteration / GRPO iteration (vLLM): {results['ratios']['spo_chain_iteration_over_grpo']:.2f}"
+              " (target <= 2)")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=1))
+    print(f"results written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

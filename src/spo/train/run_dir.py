@@ -1,0 +1,178 @@
+"""A run folder's life: started fresh (never over another run), locked while a trainer
+writes it, continued from its newest good checkpoint, or started again when it has none.
+
+    with run_folder(cfg.output_dir, resume) as (run_dir, resuming):
+        Trainer(cfg, run_dir, resume=resuming).train()
+
+`resume`: None starts a new run (refused in a folder that already holds one: it would mix
+two runs' metrics); a folder continues that run (an error when it has no good
+checkpoint); `"auto"` continues `output_dir` when it has a good checkpoint and otherwise
+starts it afresh, removing what an attempt killed before its first checkpoint left
+behind. The same command can therefore be repeated after any crash.
+
+The lock is an exclusive `flock` on `RUN/.lock`, which the kernel releases when its
+process dies, even by `kill -9`: a lock file whose recorded holder is gone is detected as
+stale and taken over (with a warning), while a live holder makes the second trainer stop
+with a message naming it. Under `accelerate launch` only the main process (RANK 0) locks,
+checks and clears; the others only follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from spo.config import ConfigError
+from spo.train.checkpoint import DAMAGED_PREFIX, latest_checkpoint
+from spo.train.run_log import EPISODES_DIR, METRICS_FILE
+
+log = logging.getLogger("spo.train")
+
+AUTO = "auto"
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, EPISODES_DIR, "tensorboard", "checkpoints")
+"""What marks a folder as holding a run (and what a fresh restart removes)."""
+
+
+class RunFolderError(ConfigError):
+    """A run folder that cannot be used as asked: it holds another run, or another process
+    is writing it."""
+
+    label = "run folder"
+
+
+def is_main_process() -> bool:
+    """RANK 0 or no launcher at all (torchrun/accelerate set RANK before spo starts)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_contents(path: Path) -> list[str]:
+    """The names of RUN_FILES present in `path`."""
+    return [name for name in RUN_FILES if (path / name).exists()]
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(output_dir: str | None) -> Path:
+    """The folder of a new run: `output_dir`, or `runs/<timestamp>` (with a suffix when two
+    runs start in the same second). A folder that holds a run already is refused."""
+    base = Path(output_dir) if output_dir else default_run_dir()
+    path, n = base, 1
+    while output_dir is None and run_contents(path):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    refuse_existing_run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def refuse_existing_run(path: Path) -> None:
+    found = run_contents(path)
+    if found:
+        raise RunFolderError(
+            f"{path} already holds a run ({', '.join(found)}); continue it with `spo train --resume {path}` "
+            f"(or `--resume auto --output-dir {path}`), or choose another --output-dir")
+
+
+def clear_unfinished(path: Path) -> None:
+    """Remove what an attempt killed before its first good checkpoint left in `path`
+    (damaged checkpoints are set aside as `checkpoints/damaged-*`, not deleted)."""
+    latest_checkpoint(path, tidy=True)
+    removed = []
+    for name in RUN_FILES:
+        target = path / name
+        if name == "checkpoints" and target.is_dir():
+            for leftover in target.iterdir():
+                if leftover.is_dir() and not leftover.name.startswith(DAMAGED_PREFIX):
+                    shutil.rmtree(leftover)
+                elif leftover.is_file():
+                    leftover.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.warning("%s has no good checkpoint: starting the run afresh (removed %s of an unfinished attempt)",
+                    path, ", ".join(removed))
+
+
+class RunLock:
+    """An exclusive lock on a folder (`folder/.lock`), for as long as the `with` block runs.
+    `wait`: block until the holder finishes instead of failing at once."""
+
+    def __init__(self, folder: Path, *, wait: bool = False, enabled: bool = True):
+        self.path, self.wait, self.enabled = folder / LOCK_FILE, wait, enabled
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if not self.enabled:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = self._read(fd) or "another process"
+            os.close(fd)
+            raise RunFolderError(f"{self.path.parent} is in use by {holder}; two processes must not write one "
+                                 "folder: wait for it to finish or stop it") from None
+        stale = self._read(fd)
+        if stale:
+            log.warning("%s: lock of %s found, but that process is gone (killed?): taking it over",
+                        self.path.parent, stale)
+        holder = f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty lock file: released cleanly (the file itself stays)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def _read(fd: int) -> str:
+        return os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+
+
+@contextlib.contextmanager
+def run_folder(output_dir: str | None, resume: str | None) -> Iterator[tuple[Path, bool]]:
+    """(the run folder, whether to resume from its checkpoint), locked while the block runs;
+    see the module docstring for what `resume` (None, a folder, "auto") does."""
+    main = is_main_process()
+    if resume is None:
+        path = prepare_run_dir(output_dir) if main else Path(output_dir or default_run_dir())
+    elif resume == AUTO:
+        if not output_dir:
+            raise RunFolderError("--resume auto continues or starts the run in --output-dir; give one")
+        path = Path(output_dir)
+    else:
+        path = Path(resume)
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"--resume {path}: not a run folder (no {CONFIG_FILE})")
+    path.mkdir(parents=True, exist_ok=True)
+    with RunLock(path, enabled=main):
+        resuming = resume is not None
+        if main and resume is None:
+            refuse_existing_run(path)  # again, now that no other trainer can be creating it
+        elif resume == AUTO:
+            resuming = latest_checkpoint(path) is not None
+            if main and not resuming:
+                clear_unfinished(path)
+        yield path, resuming
