@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 
 import spo.train.loop
 from spo.cli import main as spo_main
-from spo.config import describe_options
+from spo.config import describe_options, load_config, to_dict
+from spo.presets import resolve_preset
 from spo.tasks.problems import Problem
 from spo.tasks.registry import build_task, task_options
 
@@ -75,8 +76,23 @@ override_values = st.one_of(plausible, plausible, plausible, values.map(_render)
 known_keys = st.sampled_from(KEYS)
 override_keys = st.one_of(known_keys, known_keys, known_keys, known_keys.map(lambda k: k + ".x"),
                           st.from_regex(r"[a-z_.]{1,20}", fullmatch=True))
-overrides = st.lists(st.tuples(override_keys, override_values).map(lambda kv: f"{kv[0]}={kv[1]}"),
-                     min_size=1, max_size=2)
+
+
+def _flat(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+VALID = [f"{key}={_render(value)}" for key, value in _flat(to_dict(load_config(resolve_preset("smoke"))))
+         if not key.startswith(EXCLUDED)]
+"""Every option of the smoke preset set to its own value: valid overrides, mixed in so that
+the cases that are accepted (and build the task) are not rare."""
+overrides = st.lists(st.one_of(st.sampled_from(VALID),
+                               st.tuples(override_keys, override_values).map(lambda kv: f"{kv[0]}={kv[1]}")),
+                     min_size=1, max_size=3)
 
 json_rows = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30)),
                          lambda inner: st.one_of(st.lists(inner, max_size=3),
