@@ -69,8 +69,8 @@ class TaskConfig:
     """Task-specific options passed to the task builder (paths, reasoning-gym dataset name and
     its settings, answer extraction rule); see docs/tasks.md."""
     prompt_format: Literal["chat", "plain"] = "chat"
-    """`chat`: the tokenizer's chat template (plain when it has none); `plain`: the reference's
-    `Problem:\\n{q}\\n\\nSolution:`."""
+    """`chat`: the tokenizer's chat template (an error when it has none); `plain`: a text
+    template, `prompt_template` (default `Problem:\\n{q}\\n\\nSolution:`)."""
     prompt_template: str | None = None
     """Plain format's template: a name (`plain`, `rho1b_sft`: the reference's RhoMath SFT prompt
     "[MATH_TASK] Problem:\\n{question}\\n\\nSolution:", `qwen_math`: its R1-Distill-Qwen MATH
