@@ -36,7 +36,7 @@ def test_run_folder_has_everything(smoke_run):
     train_rows = read_metrics(smoke_run)
     assert [r["iteration"] for r in train_rows] == [1, 2, 3]
     for key in ["reward_mean", "accuracy", "policy_loss", "kl", "clip_frac", "entropy", "tokens_generated",
-                "time_sample", "time_score", "time_estimate", "time_optimize"]:
+                "time_sample", "time_score", "time_estimate", "time_optimize", "time_sync"]:
         assert all(key in r for r in train_rows), key
     assert read_metrics(smoke_run, kind="eval")[-1]["iteration"] == 3
     assert latest_checkpoint(smoke_run).name == "iter_000003"

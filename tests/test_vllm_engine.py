@@ -385,6 +385,7 @@ def test_grpo_smoke_run(tmp_path, patched_reward, caplog):
     assert len([r for r in caplog.records if "weights synced" in r.getMessage()]) == 3
     rows = read_metrics(run)
     assert [r["iteration"] for r in rows] == [1, 2] and read_metrics(run, kind="eval")
+    assert all(r["time_sync"] > 0 for r in rows), "the weight push is timed in metrics.jsonl"
     for it in (1, 2):
         eps = _episodes(run, it)
         assert len(eps) == 16

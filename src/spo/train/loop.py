@@ -156,7 +156,9 @@ class Trainer:
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
         batch.timings["optimize"] = time.perf_counter() - t0
-        self.engine.sync_weights()
+        t0 = time.perf_counter()
+        self.engine.sync_weights()  # the HF engine samples from the policy itself: ~0 s
+        batch.timings["sync"] = time.perf_counter() - t0
         self.write_episodes(it, batch.episode_log)
         return self.iteration_record(it, batch, stats)
 
