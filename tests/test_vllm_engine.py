@@ -291,6 +291,39 @@ def test_a_sync_leaves_nothing_of_the_old_weights_in_the_prefix_cache(engine, mo
 
 
 @needs_vllm
+def test_sleep_mode_is_a_config_error_on_a_cpu(model, tokenizer):
+    from spo.sample.vllm_engine import VLLMEngine
+
+    with pytest.raises(ConfigError, match="sampling.vllm_sleep"):
+        VLLMEngine(model, tokenizer, sleep=True)
+
+
+@needs_vllm
+def test_sleep_mode_frees_then_wakes_and_pushes_the_weights(engine, model, contexts, monkeypatch):
+    """The order of sleep-mode calls (vLLM's sleep itself needs CUDA, so it is recorded, not
+    run): release_memory sleeps at level 2 once; the next generate wakes the weights, pushes
+    them, wakes the KV cache, and samples as before."""
+    calls = []
+    monkeypatch.setattr(engine.llm, "sleep", lambda level: calls.append(("sleep", level)))
+    monkeypatch.setattr(engine.llm, "wake_up", lambda tags: calls.append(("wake_up", tuple(tags))))
+    real_reload = engine._driver_worker().reload_weights
+    monkeypatch.setattr(engine._driver_worker(), "reload_weights",
+                        lambda **kw: (calls.append(("reload",)), real_reload(**kw)))
+    monkeypatch.setattr(engine, "sleep", True)
+    params = SamplingParams(max_new_tokens=8, temperature=0.6, seed=3)
+    before = _flat(engine.generate(contexts, params))
+    engine.release_memory()
+    engine.release_memory()  # already asleep: nothing more
+    assert calls == [("sleep", 2)]
+    after = _flat(engine.generate(contexts, params))
+    assert calls == [("sleep", 2), ("wake_up", ("weights",)), ("reload",), ("wake_up", ("kv_cache",))]
+    assert [r.response_ids for r in after] == [r.response_ids for r in before]
+    monkeypatch.setattr(engine, "sleep", False)
+    engine.release_memory()
+    assert len(calls) == 4
+
+
+@needs_vllm
 def test_a_lora_policy_is_merged_before_the_push(engine, model, contexts):
     from peft import LoraConfig, get_peft_model
 

@@ -129,6 +129,11 @@ class SamplingConfig:
     vllm_enforce_eager: bool | None = None
     """vllm: run without compilation or CUDA graphs (null: eager on a CPU, where compiling took
     60-100 s of start-up; compiled on a GPU)."""
+    vllm_sleep: bool = False
+    """vllm, GPUs only: put vLLM to sleep (level 2: its weights and KV cache freed) after each
+    iteration's sampling, so the update has that memory, and wake it at the next weight push
+    (TRL's `vllm_enable_sleep_mode`). Costs a re-allocation per iteration; a ConfigError on a
+    CPU, where vLLM has no sleep mode."""
     max_context: int | None = None
     """Context budget: prompt (or MC prefix) + response tokens at most this many, so a long
     prompt leaves a shorter response (the reference's 2047 / 2048); null = the model's

@@ -70,6 +70,11 @@ class RolloutEngine(Protocol):
         """Make the engine sample from the trainer's current weights (no-op when shared)."""
         ...
 
+    def release_memory(self) -> None:
+        """Free what sampling holds (vLLM's sleep mode) until the next generate or sync; the
+        trainer calls it between sampling and the update. No-op for most engines."""
+        ...
+
 
 def stop_cut(token_texts: Sequence[str], stops: Sequence[str]) -> int | None:
     """Where a response ends because of a stop string: the number of its tokens to keep,

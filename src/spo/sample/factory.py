@@ -2,7 +2,7 @@
 
 An engine factory takes the sampling options, the policy (a model the trainer updates in
 place) and its tokenizer, and returns a `RolloutEngine`. After every update the trainer
-calls `engine.sync_weights()`; an engine that shares the policy's weights (HF) does
+calls `engine.sync_weights()` (and before it `engine.release_memory()`); an engine that shares the policy's weights (HF) does
 nothing there, one that holds its own copy (vLLM) pushes the new weights into it.
 
 Adding an engine: write a factory and add it to `ENGINES`, and its name to the
@@ -30,7 +30,7 @@ def _vllm_engine(cfg: SamplingConfig, model: Any, tokenizer: Any) -> RolloutEngi
     return VLLMEngine(model, tokenizer, max_context=cfg.max_context, max_num_seqs=cfg.batch_size,
                       block_size=cfg.vllm_block_size, kv_cache_gb=cfg.vllm_kv_cache_gb,
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      enforce_eager=cfg.vllm_enforce_eager)
+                      enforce_eager=cfg.vllm_enforce_eager, sleep=cfg.vllm_sleep)
 
 
 ENGINES: dict[str, Callable[[SamplingConfig, Any, Any], RolloutEngine]] = {"hf": _hf_engine, "vllm": _vllm_engine}

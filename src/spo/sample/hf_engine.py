@@ -156,6 +156,9 @@ class HFEngine:
     def sync_weights(self) -> None:
         """No-op: the engine samples from the trainer's model object itself."""
 
+    def release_memory(self) -> None:
+        """No-op: the engine keeps nothing between calls."""
+
     def generate(
         self,
         contexts: list[list[int]],

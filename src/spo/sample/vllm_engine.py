@@ -264,6 +264,9 @@ class VLLMEngine:
             KV cache) beside the trainer; ignored on a CPU.
         enforce_eager: no compilation / CUDA graphs; None: eager on a CPU, compiled on a GPU.
         enable_prefix_caching: only False to measure what prefix caching saves.
+        sleep: GPUs only: :meth:`release_memory` puts vLLM to sleep at level 2 (weights and
+            KV cache freed); the next :meth:`sync_weights` or :meth:`generate` wakes it and
+            pushes the weights again. A ConfigError on a CPU (vLLM has no sleep mode there).
 
     After each call ``last_stats`` (:class:`VLLMStats`) holds token counts and time;
     ``sync_seconds`` lists the seconds of every weight push.
@@ -282,6 +285,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
+        sleep: bool = False,
     ):
         vllm = import_vllm()
         _quiet_vllm_logs()
@@ -317,6 +321,10 @@ class VLLMEngine:
                 raise ConfigError(f"sampling.engine=vllm: vLLM's CPU attention supports head sizes "
                                   f"{list(CPU_HEAD_SIZES)}; this model's is {head_dim} (set model.config_overrides"
                                   f" head_dim, or use sampling.engine=hf)")
+        if sleep and self.on_cpu:
+            raise ConfigError("sampling.vllm_sleep: vLLM's sleep mode needs a CUDA GPU; set it false on a CPU")
+        self.sleep = bool(sleep)
+        self._asleep = False
         if kv_cache_gb is None and self.on_cpu:
             kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB
         if enforce_eager is None:
@@ -346,6 +354,8 @@ class VLLMEngine:
         )
         if kv_cache_gb is not None:
             args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        if self.sleep:
+            args["enable_sleep_mode"] = True
         if self.on_cpu:
             # per-request seeds crash a prefill split into chunks on the CPU backend
             args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_context, 8192))
@@ -374,18 +384,34 @@ class VLLMEngine:
         t0 = time.perf_counter()
         source = plain_copy(self.model) if is_lora(self.model) else self.model
         state = source.state_dict()
+        if self._asleep:  # weights' memory first, the KV cache after the push: a lower peak
+            self.llm.wake_up(tags=["weights"])
         with torch.no_grad():
             worker = self._driver_worker()
             if worker is not None:
                 worker.reload_weights(weights_iterator=iter(list(state.items())))
             else:  # the worker lives elsewhere: hand it a safetensors folder
                 self._reload_from_folder(source)
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM did not reset its prefix cache after a weight update")
         self._stale = False
         seconds = time.perf_counter() - t0
         self.sync_seconds.append(seconds)
         log.info("vLLM engine: weights synced in %.2f s", seconds)
+
+    def release_memory(self) -> None:
+        """With ``sleep``: free vLLM's weights and KV cache (sleep level 2) until the next
+        sync or generate, which pushes the weights again. Otherwise nothing."""
+        if not self.sleep or self._asleep:
+            return
+        t0 = time.perf_counter()
+        self.llm.sleep(level=2)
+        self._asleep = True
+        self._stale = True  # level 2 discards the weights: the next generate pushes them
+        log.info("vLLM engine: asleep in %.2f s", time.perf_counter() - t0)
 
     def _driver_worker(self):
         executor = getattr(self.llm.llm_engine, "model_executor", None)

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
-from spo.algorithms.base import Batch, Context, iteration_metrics
+from spo.algorithms.base import Algorithm, Batch, Context, iteration_metrics
 from spo.algorithms.registry import algorithm_class
 from spo.config import ConfigError, RunConfig, save_config, to_dict
-from spo.distributed import Dist
+from spo.distributed import Dist, make_accelerator
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
 from spo.models import load_policy_from_config, load_reference, load_tokenizer
 from spo.optimize.optimizer import build_optimizer
@@ -53,13 +52,14 @@ log = logging.getLogger("spo.train")
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, run_dir
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = make_accelerator()  # DDP or FSDP, from `accelerate launch` (docs/distributed.md)
         self.dist = dist = Dist(self.acc)
         for key, value in [("sampling.prompts_per_iteration", cfg.sampling.prompts_per_iteration),
                            ("algorithm.mini_batch_size", cfg.algorithm.mini_batch_size)]:
             if value % dist.world:
                 raise ConfigError(f"{key}={value} must be divisible by the number of processes ({dist.world})")
         algorithm_cls = algorithm_class(cfg.algorithm.estimator)  # an unknown name fails before any loading
+        dist.check_supported(cfg, trains_another_model=algorithm_cls.save_files is not Algorithm.save_files)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -98,9 +98,9 @@ class Trainer:
         # iteration can take (SPO-tree trains a varying number of edges).
         samples = algorithm_cls.max_samples_per_iteration(cfg)
         steps_per_iteration = cfg.algorithm.epochs * math.ceil(samples / cfg.algorithm.mini_batch_size)
-        self.optimizer, self.scheduler = build_optimizer(policy, cfg.optim, cfg.iterations * steps_per_iteration)
-        self.policy = self.acc.prepare(policy)
+        self.policy = dist.prepare(policy)  # FSDP: sharded, so the optimizer is built over the shards
         self.model = self.acc.unwrap_model(self.policy)
+        self.optimizer, self.scheduler = build_optimizer(self.policy, cfg.optim, cfg.iterations * steps_per_iteration)
         self.engine = build_engine(cfg.sampling, self.model, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
         self.algorithm = algorithm_cls(Context(cfg, self.engine, self.tokenizer, self.task, problems, self.model,
@@ -149,7 +149,9 @@ class Trainer:
     def step(self, it: int, progress: Progress) -> dict[str, Any]:
         """One iteration: collect a batch, update the policy on it, sync the engine; returns
         the iteration's metrics (its episodes are written to the episode log)."""
-        batch = self.algorithm.collect(it, progress)
+        with self.dist.gathered(self.policy):  # FSDP: full weights while sampling
+            batch = self.algorithm.collect(it, progress)
+        self.engine.release_memory()  # vLLM's sleep mode frees its memory for the update
         t0 = time.perf_counter()
         try:
             stats = self.update(batch.samples, it, progress)
@@ -193,7 +195,7 @@ class Trainer:
         params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens,
                                    derive_seed(cfg.seed, iteration, dist.rank, SALT_EVAL), cfg.sampling.stop)
         problems = self.eval_problems[dist.rank :: dist.world]
-        with progress.phase(f"eval after iter {iteration}", total=None):
+        with progress.phase(f"eval after iter {iteration}", total=None), dist.gathered(self.policy):
             result = evaluate(self.engine, self.tokenizer, self.task, problems, params, k=cfg.eval.samples,
                               prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt,
                               prompt_template=cfg.task.prompt_template)
@@ -215,7 +217,7 @@ class Trainer:
             raise FileNotFoundError(f"--resume {self.run_dir}: no complete checkpoint under {self.run_dir}/checkpoints"
                                     f" (`--resume auto --output-dir {self.run_dir}` starts it again)")
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     algorithm=self.algorithm, rank=self.dist.rank)
+                                     algorithm=self.algorithm, rank=self.dist.rank, dist=self.dist)
         done = self.start_iteration = int(state["iteration"])
         rows, final_eval = metrics_at_checkpoint(self.run_dir, done, state.get("metrics_bytes"))
         if self.log:
