@@ -13,10 +13,17 @@ from spo.cli import main
 from spo.config import ConfigError
 from spo.evaluate.compare import (
     CurvePoint,
+    common_spend,
+    equal_spend,
+    equal_spend_table,
     first_reaching,
     learning_curve,
     markdown_table,
+    paired_comparison,
+    paired_t_interval,
     summarize_method,
+    t_quantile,
+    value_at,
 )
 from spo.presets import resolve_preset
 from spo.train.run_log import read_metrics
@@ -62,6 +69,69 @@ def test_first_reaching_and_aggregation_over_seeds():
     assert "at most 4 iterations" in table and "| m | 3 |" in table and "0/1" in table
 
 
+def test_value_at_interpolates_between_evaluations_and_common_spend_is_the_least_reached():
+    a = learning_curve(ROWS)  # (iteration, tokens, acc): (0, 0, 0.1), (2, 150, 0.4), (3, 220, 0.3)
+    assert value_at(a, "iteration", 2) == 0.4 and value_at(a, "iteration", 1) == pytest.approx(0.25)
+    assert value_at(a, "tokens", 185) == pytest.approx(0.35)  # halfway from 150 (0.4) to 220 (0.3)
+    assert value_at(a, "tokens", 220) == 0.3 and value_at(a, "tokens", 0) == 0.1
+    assert math.isnan(value_at(a, "tokens", 221))  # past the run's end: nothing measured there
+    b = [CurvePoint(0, 0, 0, 0, 0.2), CurvePoint(4, 600, 80, 20.0, 0.6)]
+    assert common_spend([a, b], "iteration") == 3 and common_spend([a, b], "tokens") == 220
+    assert common_spend([a, b], "seconds") == 4.5
+    with pytest.raises(ValueError, match="key"):
+        value_at(a, "minutes", 1)
+
+
+def test_student_t_quantiles_match_the_tables():
+    for df, t in [(1, 12.706204736), (2, 4.302652730), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-8)
+    assert t_quantile(0.95, 4) == pytest.approx(2.131846786, abs=1e-8)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.776445105, abs=1e-8)
+
+
+def test_paired_t_interval_by_hand():
+    # d = 0.1, 0.2, 0.3: mean 0.2, sample std 0.1, n 3, t(0.975, 2) = 4.302653:
+    # half width 4.302653 * 0.1 / sqrt(3) = 0.248414
+    d = paired_t_interval([0.1, 0.2, 0.3])
+    assert (d.n, d.mean, d.std) == (3, pytest.approx(0.2), pytest.approx(0.1))
+    assert (d.low, d.high) == (pytest.approx(-0.048414, abs=1e-6), pytest.approx(0.448414, abs=1e-6))
+    # 90%: t(0.95, 2) = 2.919986, half width 0.168585
+    assert paired_t_interval([0.1, 0.2, 0.3], 0.9).high == pytest.approx(0.368585, abs=1e-6)
+    one = paired_t_interval([0.5])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.low)
+    # pairing by seed: only the seeds both have, and the differences, not the two means' spread
+    p = paired_comparison({0: 0.5, 1: 0.6, 2: 0.7, 7: 0.9}, {0: 0.4, 1: 0.4, 2: 0.4})
+    assert p.n == 3 and p.mean == pytest.approx(0.2) and p.high == pytest.approx(0.448414, abs=1e-6)
+
+
+def test_equal_spend_pairs_methods_with_the_baseline_at_common_iterations_and_tokens():
+    def c(*pts):  # (iteration, tokens, accuracy); samples and seconds follow tokens
+        return [CurvePoint(i, t, t / 10, t / 100, acc) for i, t, acc in pts]
+
+    curves = {
+        "grpo": {0: c((0, 0, 0.2), (2, 100, 0.4), (4, 200, 0.5)), 1: c((0, 0, 0.3), (2, 110, 0.3), (4, 210, 0.6))},
+        "spo": {0: c((0, 0, 0.2), (1, 120, 0.5), (2, 240, 0.6)), 1: c((0, 0, 0.3), (1, 100, 0.3), (2, 200, 0.5))},
+    }
+    spends, rows = equal_spend(curves, "grpo")
+    assert spends == {"iteration": 2, "tokens": 200, "seconds": 2.0}
+    grpo, spo = rows
+    assert grpo.vs_baseline == {}
+    # at iteration 2: grpo 0.4, 0.3; spo 0.6, 0.5 -> differences 0.2, 0.2
+    assert spo.at["iteration"] == pytest.approx(0.55) and grpo.at["iteration"] == pytest.approx(0.35)
+    assert spo.vs_baseline["iteration"].mean == pytest.approx(0.2) and spo.vs_baseline["iteration"].std == pytest.approx(0, abs=1e-12)
+    # at 200 tokens: grpo seed0 0.5, seed1 0.3 + 0.3 * 90/100 = 0.57; spo seed0 0.5 + 0.1 * 80/120, seed1 0.5
+    g0, g1, s0, s1 = 0.5, 0.57, 0.5 + 0.1 * 80 / 120, 0.5
+    assert grpo.at["tokens"] == pytest.approx((g0 + g1) / 2) and spo.at["tokens"] == pytest.approx((s0 + s1) / 2)
+    d = spo.vs_baseline["tokens"]
+    assert d.mean == pytest.approx(((s0 - g0) + (s1 - g1)) / 2) and d.n == 2
+    half = 12.706204736 * d.std / math.sqrt(2)
+    assert (d.low, d.high) == (pytest.approx(d.mean - half), pytest.approx(d.mean + half))
+    assert spo.vs_baseline["final"].mean == pytest.approx(((0.6 - 0.5) + (0.5 - 0.6)) / 2)
+    table = equal_spend_table(spends, rows, "grpo")
+    assert "acc @ iter 2" in table and "acc @ 200 tok" in table and "| spo | 2 | 0.550 ± 0.071" in table
+    assert "+0.200 [+0.200, +0.200]" in table and "95% paired t interval" in table
+
+
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
@@ -77,6 +147,11 @@ def test_bench_writes_table_plots_and_curves_from_the_runs(bench_dir):
         assert (bench_dir / name).is_file(), name
     res = json.loads((bench_dir / "results.json").read_text())
     assert [s["method"] for s in res["summaries"]] == ["grpo", "rloo", "spo_chain", "spo_tree"]
+    assert res["baseline"] == "grpo" and res["seeds"]["rloo"] == [0, 1]
+    assert [r["method"] for r in res["equal_spend"]] == ["grpo", "rloo", "spo_chain", "spo_tree"]
+    assert res["equal_spend"][1]["vs_baseline"]["tokens"]["n"] == 2
+    assert res["common_spend"]["tokens"] == min(c[-1]["tokens"] for cs in res["curves"].values() for c in cs)
+    assert "paired t interval" in (bench_dir / "results.md").read_text()
     assert "100 generated tokens" in res["budget"]
     for method, curves in res["curves"].items():
         assert len(curves) == 2
@@ -116,6 +191,8 @@ def test_finished_runs_are_reused_and_unfinished_ones_continued(bench_dir):
     ("bench.colour=red", "bench.colour"),
     ("run.optim.lr=-1", "optim.lr"),
     ("run.eval.every=0", "eval"),
+    ("bench.baseline=ppo", "bench.baseline"),
+    ("bench.confidence=1.0", "bench.confidence"),
 ])
 def test_bad_bench_configs_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

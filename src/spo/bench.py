@@ -39,7 +39,14 @@ from spo.config import (
     load_yaml,
     to_dict,
 )
-from spo.evaluate.compare import MethodSummary, learning_curve, markdown_table, summarize_method
+from spo.evaluate.compare import (
+    MethodSummary,
+    equal_spend,
+    equal_spend_table,
+    learning_curve,
+    markdown_table,
+    summarize_method,
+)
 from spo.plot import save_curves
 from spo.train.checkpoint import write_text_atomic
 from spo.train.faults import kill_point
@@ -67,6 +74,11 @@ class BenchOptions:
     """Held-out accuracy whose first crossing the table reports the cost of (tokens, samples, seconds)."""
     metric: str = "accuracy"
     """Which evaluation metric the curves and the table use (`accuracy`, `pass@k`, `maj@k`)."""
+    baseline: str | None = None
+    """Method the others are compared with, seed by seed (paired differences with a t
+    interval); null: `grpo` when it is among the methods, else the first method."""
+    confidence: float = 0.95
+    """Level of the paired t intervals of the differences to the baseline."""
 
 
 @dataclass
@@ -89,6 +101,10 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfi
         raise ConfigError(f"bench.seeds: a non-empty list of distinct seeds, got {b.seeds}")
     if not 0 < b.target_accuracy <= 1:
         raise ConfigError(f"bench.target_accuracy: must be in (0, 1], got {b.target_accuracy}")
+    if b.baseline is not None and b.baseline not in b.methods:
+        raise ConfigError(f"bench.baseline: {b.baseline!r} is not one of the methods {sorted(b.methods)}")
+    if not 0 < b.confidence < 1:
+        raise ConfigError(f"bench.confidence: must be in (0, 1), got {b.confidence}")
     for method in b.methods:
         run_config(cfg, method, b.seeds[0])  # every method's config must be valid before anything runs
     return cfg
@@ -142,21 +158,33 @@ def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list
         return write_report(cfg, out)
 
 
+def baseline_method(b: BenchOptions) -> str:
+    return b.baseline or ("grpo" if "grpo" in b.methods else next(iter(b.methods)))
+
+
 def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
     b = cfg.bench
-    curves: dict[str, list] = {}
+    by_seed: dict[str, dict[int, list]] = {}  # method -> seed -> curve, finished runs only
     for method in b.methods:
-        runs = [out / "runs" / method / f"seed{s}" for s in b.seeds]
-        curves[method] = [learning_curve(read_metrics(r, kind=None), b.metric)
-                          for r in runs if (r / DONE_FILE).is_file()]
+        runs = {s: out / "runs" / method / f"seed{s}" for s in b.seeds}
+        by_seed[method] = {s: learning_curve(read_metrics(r, kind=None), b.metric)
+                           for s, r in runs.items() if (r / DONE_FILE).is_file()}
+    by_seed = {m: {s: c for s, c in cs.items() if c} for m, cs in by_seed.items()}
+    curves = {m: list(cs.values()) for m, cs in by_seed.items()}
     summaries = [summarize_method(m, c, b.target_accuracy) for m, c in curves.items() if c]
     if not summaries:
         raise FileNotFoundError(f"{out}: no finished run to report")
     rc = run_config(cfg, next(iter(b.methods)), b.seeds[0])
-    table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
+    baseline = baseline_method(b)
+    spends, equal = equal_spend({m: cs for m, cs in by_seed.items() if cs}, baseline, b.confidence)
+    table = (markdown_table(summaries, b.target_accuracy, budget_description(rc)) + "\n"
+             + equal_spend_table(spends, equal, baseline, b.confidence))
     write_text_atomic(out / "results.md", f"# spo bench\n\n{table}")
     results = {"budget": budget_description(rc), "target_accuracy": b.target_accuracy, "metric": b.metric,
                "summaries": [s.as_dict() for s in summaries],
+               "baseline": baseline, "confidence": b.confidence, "common_spend": spends,
+               "equal_spend": [r.as_dict() for r in equal],
+               "seeds": {m: sorted(cs) for m, cs in by_seed.items()},
                "curves": {m: [[p.__dict__ for p in c] for c in cs] for m, cs in curves.items()}}
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     plot_curves(curves, out, b.metric)

@@ -10,6 +10,13 @@ Pure functions over the rows of `metrics.jsonl` (no I/O), used by `spo bench`:
   reaches `target` (None if none did).
 * `summarize_method(curves, target)`: final and best accuracy (mean and spread over
   seeds) and the spend to reach the target, for one method.
+* `value_at(curve, key, x)`: accuracy at spend x (iterations, tokens, ...), linearly
+  interpolated between the two evaluations around x; `common_spend(curves, key)`: the
+  largest spend every run reached (the last iteration all reached, the fewest tokens any
+  spent), where methods are compared at equal iterations and at equal generated tokens.
+* `paired_t_interval(diffs)`: mean of per-seed differences (same seed, so same prompts
+  and initial weights) with a Student-t confidence interval; `paired_comparison` and
+  `equal_spend_table` apply it to every method against a baseline (GRPO).
 
 "Generated tokens" count every token sampled from the policy: responses, SPO-chain's MC
 continuations and SPO-tree's nodes (`tokens_generated_total`); "policy samples" count
@@ -162,4 +169,190 @@ def markdown_table(summaries: Sequence[MethodSummary], target: float, budget: st
             _fmt(s.samples_to_target, ",.0f"), _fmt(s.seconds_to_target, ".0f"),
             _fmt(s.tokens, ",.0f"), _fmt(s.seconds, ".0f"),
         ]) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+# --- equal spend and paired comparisons -------------------------------------------------
+
+def value_at(curve: Sequence[CurvePoint], key: str, x: float) -> float:
+    """Accuracy at spend `x` (`key` in SPEND_KEYS): linear interpolation between the last
+    evaluation at or below x and the first above it; exactly an evaluation's value when
+    one falls at x. NaN when x lies outside the curve (before its first point or past
+    its last), since nothing was measured there."""
+    if key not in SPEND_KEYS:
+        raise ValueError(f"key must be one of {SPEND_KEYS}, got {key!r}")
+    pts = [(float(getattr(p, key)), p.accuracy) for p in curve]
+    if not pts or x < pts[0][0] or x > pts[-1][0]:
+        return math.nan
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            if x == x1 or x1 == x0:
+                return y1 if x == x1 else y0
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]  # x is the last point's spend
+
+
+def common_spend(curves: Iterable[Sequence[CurvePoint]], key: str) -> float:
+    """The largest spend every run reached: min over runs of the last point's `key`
+    (the last iteration all methods reached; the fewest generated tokens any run spent)."""
+    ends = [float(getattr(c[-1], key)) for c in curves if c]
+    if not ends:
+        raise ValueError("no curve has a point")
+    return min(ends)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function with `df` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of `t_cdf` (bisection; |error| < 1e-10): t_quantile(0.975, 4) = 2.776."""
+    if not 0 < p < 1 or df <= 0:
+        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10:
+            break
+    return (lo + hi) / 2.0
+
+
+@dataclass
+class PairedDiff:
+    """Mean of n paired differences with a two-sided Student-t interval (NaN bounds when n < 2)."""
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+
+def paired_t_interval(diffs: Sequence[float], confidence: float = 0.95) -> PairedDiff:
+    """mean(d) ± t_{(1+confidence)/2, n-1} · std(d)/sqrt(n) over per-seed differences d."""
+    n = len(diffs)
+    if n == 0:
+        return PairedDiff(0, math.nan, math.nan, math.nan, math.nan, confidence)
+    mean, std = mean_and_std(list(diffs))
+    if n < 2:
+        return PairedDiff(n, mean, math.nan, math.nan, math.nan, confidence)
+    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * std / math.sqrt(n)
+    return PairedDiff(n, mean, std, mean - half, mean + half, confidence)
+
+
+def paired_comparison(values: dict[int, float], baseline: dict[int, float], confidence: float = 0.95) -> PairedDiff:
+    """Method minus baseline over the seeds both have (seed -> value; NaNs skipped)."""
+    seeds = sorted(s for s in values.keys() & baseline.keys()
+                   if not (math.isnan(values[s]) or math.isnan(baseline[s])))
+    return paired_t_interval([values[s] - baseline[s] for s in seeds], confidence)
+
+
+EQUAL_SPEND_KEYS = ("iteration", "tokens", "seconds")
+
+
+@dataclass
+class EqualSpend:
+    """One method at equal spend and against the baseline, seed by seed."""
+    method: str
+    seeds: int
+    at: dict[str, float]  # spend key -> mean accuracy over seeds at the common spend
+    at_std: dict[str, float]
+    vs_baseline: dict[str, PairedDiff]  # "final" and the spend keys; empty for the baseline itself
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seeds": self.seeds, "at": self.at, "at_std": self.at_std,
+                "vs_baseline": {k: asdict(v) for k, v in self.vs_baseline.items()}}
+
+
+def equal_spend(curves: dict[str, dict[int, Sequence[CurvePoint]]], baseline: str,
+                confidence: float = 0.95) -> tuple[dict[str, float], list[EqualSpend]]:
+    """Every method at the common iteration, token and second spends (`common_spend` over
+    all runs of all methods) and, paired by seed, its differences to `baseline` there and
+    in final accuracy. `curves`: method -> seed -> curve. Returns (the common spends, rows)."""
+    runs = [c for by_seed in curves.values() for c in by_seed.values() if c]
+    spends = {k: common_spend(runs, k) for k in EQUAL_SPEND_KEYS}
+    at_seed = {m: {k: {s: value_at(c, k, spends[k]) for s, c in by_seed.items() if c} for k in EQUAL_SPEND_KEYS}
+               for m, by_seed in curves.items()}
+    final = {m: {s: c[-1].accuracy for s, c in by_seed.items() if c} for m, by_seed in curves.items()}
+    rows = []
+    for m in curves:
+        at = {k: mean_and_std(list(at_seed[m][k].values())) for k in EQUAL_SPEND_KEYS}
+        vs = {}
+        if m != baseline and baseline in curves:
+            vs["final"] = paired_comparison(final[m], final[baseline], confidence)
+            vs.update({k: paired_comparison(at_seed[m][k], at_seed[baseline][k], confidence)
+                       for k in EQUAL_SPEND_KEYS})
+        rows.append(EqualSpend(m, len(final[m]), {k: v[0] for k, v in at.items()},
+                               {k: v[1] for k, v in at.items()}, vs))
+    return spends, rows
+
+
+def _fmt_diff(d: PairedDiff | None) -> str:
+    if d is None:
+        return "–"
+    if d.n < 2:
+        return f"{_fmt(d.mean, '+.3f')} (n={d.n})"
+    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
+def equal_spend_table(spends: dict[str, float], rows: Sequence[EqualSpend], baseline: str,
+                      confidence: float = 0.95) -> str:
+    """Accuracy at equal iterations, generated tokens and training seconds, and the paired
+    differences to the baseline with their confidence intervals."""
+    pct = f"{100 * confidence:g}%"
+    head = (f"Equal spend: held-out accuracy at iteration {spends['iteration']:g} (the last every run "
+            f"reached), at {spends['tokens']:,.0f} generated tokens and at {spends['seconds']:.0f} training "
+            f"seconds (the least any run spent), linearly interpolated between evaluations; mean ± std over "
+            f"seeds. Δ: method minus {baseline} on the same seed (same prompts, same initial weights), mean "
+            f"over seeds [{pct} paired t interval].\n\n")
+    cols = ["method", "seeds", f"acc @ iter {spends['iteration']:g}", f"acc @ {spends['tokens']:,.0f} tok",
+            f"acc @ {spends['seconds']:.0f} s", f"Δ final vs {baseline}", f"Δ @ iter vs {baseline}",
+            f"Δ @ tok vs {baseline}", f"Δ @ s vs {baseline}"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r.method, str(r.seeds)]
+        cells += [f"{_fmt(r.at[k], '.3f')} ± {_fmt(r.at_std[k], '.3f')}" for k in EQUAL_SPEND_KEYS]
+        cells += [_fmt_diff(r.vs_baseline.get(k)) for k in ("final", *EQUAL_SPEND_KEYS)]
+        lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
