@@ -581,10 +581,12 @@ def plain_copy(model):
     return copy.deepcopy(model).merge_and_unload() if is_lora(model) else copy.deepcopy(model)
 
 
-def save_hf_model(model, folder: str | os.PathLike, tokenizer=None) -> None:
+def save_hf_model(model, folder: str | os.PathLike, tokenizer=None, state_dict=None) -> None:
     """Save `model` as a plain Hugging Face folder that ``from_pretrained`` loads (a LoRA
-    model as merged weights, from a copy), with `tokenizer` in the same folder when given."""
-    (plain_copy(model) if is_lora(model) else model).save_pretrained(folder)
+    model as merged weights, from a copy), with `tokenizer` in the same folder when given.
+    `state_dict`: the weights to write instead of the model's own (a sharded model's whole
+    state dict, spo.distributed.Dist.full_state_dict)."""
+    (plain_copy(model) if is_lora(model) else model).save_pretrained(folder, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 

@@ -7,14 +7,19 @@ when the model is held in bf16 (fast sampling and forward/backward on CPU), the
 optimizer keeps an fp32 copy of every trainable weight, steps that copy, and writes
 the rounded result back into the model. Gradients are produced (and, under DDP,
 all-reduced) in the model's dtype and upcast before the step.
+
+Under FSDP the parameters are DTensor shards: the master copies, AdamW's moments and the
+gradients are shards too, the gradient norm is reduced over all processes, and
+`state_dict(local=True)` / `load_state_dict` save and restore this process's shard.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from spo.config import OptimConfig
 
@@ -50,13 +55,17 @@ class MasterWeightsAdamW:
             m.grad = None if p.grad is None else p.grad.detach().float()
 
     def clip_grad_norm(self, max_norm: float) -> float:
-        """Global L2 norm of the (master) gradients, clipped in place when max_norm > 0."""
-        grads = [m for m in self.master_params if m.grad is not None]
-        if not grads:
+        """Global L2 norm of the (master) gradients, clipped in place when max_norm > 0.
+        Sharded gradients (FSDP): the norm of the whole gradient (a collective)."""
+        params = [m for m in self.master_params if m.grad is not None]
+        if not params:
             return 0.0
+        total = torch.nn.utils.get_total_norm([m.grad for m in params])
+        if isinstance(total, DTensor):
+            total = total.full_tensor()
         if max_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads])))
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return float(total)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -72,19 +81,51 @@ class MasterWeightsAdamW:
             for m in self.master_params:
                 m.grad = None
 
-    def state_dict(self) -> dict:
+    def state_dict(self, local: bool = False) -> dict:
+        """The optimizer's state; `local`: sharded tensors as this process's plain shard
+        (what `torch.save` can write per process under FSDP)."""
         state = {"adamw": self.inner.state_dict()}
         if self.needs_master:
             state["master"] = [m.detach().clone() for m in self.master_params]
-        return state
+        return _local(state) if local else state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` or, on the same shards, `state_dict(local=True)`."""
         self.inner.load_state_dict(state["adamw"])
+        for p in self.master_params:  # plain shards back into sharded tensors like the parameters'
+            slots = self.inner.state.get(p, {})
+            for key, value in slots.items():
+                if key != "step":
+                    slots[key] = _like(value, p)
         if self.needs_master:
             with torch.no_grad():
                 for p, m, saved in zip(self.model_params, self.master_params, state["master"]):
-                    m.copy_(saved)
-                    p.copy_(saved)
+                    m.copy_(_like(saved, m))
+                    p.copy_(_like(saved, p))
+
+
+def _local(obj: Any) -> Any:
+    """`obj` (nested dicts and lists) with every DTensor replaced by its local shard."""
+    if isinstance(obj, DTensor):
+        return obj.to_local().detach().clone()
+    if isinstance(obj, dict):
+        return {k: _local(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_local(v) for v in obj]
+    return obj
+
+
+def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A saved tensor as one of `param`'s kind: a plain local shard becomes a DTensor
+    sharded like `param` (FSDP); anything else is returned as it is."""
+    if isinstance(param, DTensor) and not isinstance(value, DTensor):
+        local = param.to_local()
+        if value.shape != local.shape:
+            raise ValueError(f"saved optimizer shard has shape {tuple(value.shape)}, this process's is "
+                             f"{tuple(local.shape)}: resume with the same number of processes")
+        return DTensor.from_local(value.to(device=local.device, dtype=value.dtype), param.device_mesh,
+                                  param.placements, shape=param.shape, stride=param.stride(), run_check=False)
+    return value
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):

@@ -12,7 +12,9 @@ epochs (`whiten: global`), or of each micro-batch (`micro_batch`, the reference'
 loss is normalised by the GLOBAL count of the mini-batch (counted tokens, or sequences),
 so W processes take the same steps as one process with the same global batch; a process
 with nothing in a step still runs one zero-weight micro-batch so that it joins the
-step's gradient all-reduce.
+step's gradient all-reduce. Under FSDP every forward pass is a collective (the layers'
+weights are gathered), so every process runs as many micro-batches as the process with
+the most, padding with zero-weight ones.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def pad_rows(rows: Sequence[Sequence[float]], width: int, value: float = 0.0, dt
 
 
 class _RunningMeans:
-    """Weighted means of per-micro-batch statistics (weights: counted tokens)."""
+    """Weighted means of per-micro-batch statistics (weights: counted tokens), over every
+    process's micro-batches (`global_sums`: the element-wise sums over processes)."""
 
     def __init__(self):
         self.sums: dict[str, float] = {}
@@ -67,8 +70,15 @@ class _RunningMeans:
         self.sums[key] = self.sums.get(key, 0.0) + value * weight
         self.weights[key] = self.weights.get(key, 0.0) + weight
 
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+    def means(self, dist=None) -> dict[str, float]:
+        if dist is None or dist.world == 1:
+            return {k: self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+        keys = _STAT_KEYS  # the same on every process (one with only empty micro-batches has fewer)
+        values = dist.global_sums([self.sums.get(k, 0.0) for k in keys] + [self.weights.get(k, 0.0) for k in keys])
+        return {k: values[i] / max(values[len(keys) + i], 1e-12) for i, k in enumerate(keys)}
+
+
+_STAT_KEYS = ("policy_loss", "kl", "clip_frac", "approx_kl", "entropy", "grad_norm")
 
 
 @dataclass
@@ -117,7 +127,7 @@ class PolicyUpdate:
             for mb in minibatches:
                 self._optimizer_step(samples, mb, adv, mask, old_lp, iteration, stats, bar)
         self._finish_schedule(iteration)
-        out = stats.means()
+        out = stats.means(self.dist)  # over all processes' micro-batches
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
 
@@ -141,6 +151,8 @@ class PolicyUpdate:
         normalizer = max(normalizer, 1.0)
         sequences = max(dist.global_sum(len(mb)), 1.0) if a.kl_aggregation == "sequence_sum" else None
         micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)] or [[]]
+        if dist.is_fsdp:  # the same number of forward passes on every process
+            micro += [[]] * (int(dist.global_max(len(micro))) - len(micro))
         for j, rows in enumerate(micro):
             last = j == len(micro) - 1
             with self.accelerator.no_sync(self.policy) if not last else contextlib.nullcontext():

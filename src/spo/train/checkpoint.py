@@ -3,7 +3,7 @@
 Layout of one checkpoint (`RUN/checkpoints/iter_000010/`):
     model/            HF folder (config + safetensors + tokenizer): `from_pretrained` loads it
     adapter/          peft adapter, only for LoRA runs (model/ then holds the merged weights)
-    optimizer.pt      optimizer state
+    optimizer.pt      optimizer state (FSDP: optimizer_rank{R}.pt, each process's shard)
     scheduler.pt      lr-scheduler state
     rng_rank{R}.pt    python / torch RNG state of each process
     algorithm_rank{R}.json  the algorithm's own state on each process (SPO-tree: its
@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from spo.config import ConfigError
 from spo.models import is_lora, save_hf_model
 from spo.train.faults import disk_full_is_fatal, kill_point
 from spo.train.run_log import METRICS_FILE
@@ -217,13 +218,16 @@ def commit_checkpoint(ckpt_root: Path, staged: Path, iteration: int, keep: int) 
     return final
 
 
-def save_training_state(staged: Path, *, model, tokenizer, optimizer, scheduler) -> None:
-    """Model (LoRA: adapter for resuming + merged weights to load), optimizer and scheduler."""
+def save_training_state(staged: Path, *, model, tokenizer, optimizer, scheduler, model_state=None) -> None:
+    """Model (LoRA: adapter for resuming + merged weights to load), optimizer (None: saved
+    elsewhere, per process) and scheduler. `model_state`: the model's whole state dict when
+    the model holds only a shard of it (FSDP)."""
     if is_lora(model):
         model.save_pretrained(staged / "adapter")
-    save_hf_model(model, staged / "model", tokenizer)
+    save_hf_model(model, staged / "model", tokenizer, state_dict=model_state)
     kill_point("checkpoint.write")
-    torch.save(optimizer.state_dict(), staged / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), staged / "optimizer.pt")
     torch.save(scheduler.state_dict(), staged / "scheduler.pt")
 
 
@@ -231,7 +235,8 @@ def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimize
                     state: dict[str, Any], keep: int) -> Path | None:
     """Write checkpoint `iteration` of a run from every process (collective): the main
     process writes the model, optimizer, scheduler and the algorithm's files, every
-    process its RNG and algorithm state; then the main process records how long
+    process its RNG and algorithm state (FSDP: also its optimizer shard; the model is
+    gathered whole first); then the main process records how long
     metrics.jsonl was (resuming cuts it back to that) and commits the checkpoint. `model`
     is the unwrapped policy. Returns the folder on the main process. A full disk raises
     DiskFullError after removing the partial folder; the previous checkpoint is untouched."""
@@ -244,10 +249,13 @@ def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimize
                 root.mkdir(exist_ok=True)
                 staging_dir(root, iteration)
             dist.barrier()
+            model_state = dist.full_state_dict(model) if dist.is_fsdp else None  # collective
             if dist.is_main:
-                save_training_state(staged, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                                    scheduler=scheduler)
+                save_training_state(staged, model=model, tokenizer=tokenizer, scheduler=scheduler,
+                                    optimizer=None if dist.shards_optimizer else optimizer, model_state=model_state)
                 algorithm.save_files(staged / ALGORITHM_DIR)
+            if dist.shards_optimizer:
+                torch.save(optimizer.state_dict(local=True), staged / f"optimizer_rank{dist.rank}.pt")
             torch.save(rng_state(), staged / f"rng_rank{dist.rank}.pt")
             algorithm_state = algorithm.state_dict()
             if algorithm_state:
@@ -273,25 +281,45 @@ def _previous(run_dir: Path) -> str:
     return f"the previous checkpoint {previous} is intact" if previous else "no checkpoint was written yet"
 
 
-def load_training_state(path: Path, *, model, optimizer, scheduler, rank: int = 0) -> None:
-    """Restore what `save_training_state` wrote (and this process's RNG state)."""
+def load_training_state(path: Path, *, model, optimizer, scheduler, rank: int = 0, dist=None) -> None:
+    """Restore what `save_training_state` wrote (and this process's RNG state). `dist`: the
+    run's spo.distributed.Dist when the model and optimizer may be sharded (FSDP)."""
     if is_lora(model):
         from peft import set_peft_model_state_dict  # peft is imported only for LoRA runs (slow to import)
 
         set_peft_model_state_dict(model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
     else:
         loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
-        model.load_state_dict(loaded.state_dict())
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        if dist is not None:
+            dist.load_full_state_dict(model, loaded.state_dict())
+        else:
+            model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict(torch.load(_optimizer_file(path, dist), weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank: int) -> dict[str, Any]:
+def _optimizer_file(path: Path, dist) -> Path:
+    """Where this process's optimizer state is: one file, or (FSDP) one shard per process,
+    which only the same number of processes can load."""
+    if dist is None or not dist.shards_optimizer:
+        if not (path / "optimizer.pt").is_file() and (path / "optimizer_rank0.pt").is_file():
+            raise ConfigError(f"{path} was saved by an FSDP run (optimizer state in shards); resume it with the "
+                              "same accelerate FSDP config and number of processes")
+        return path / "optimizer.pt"
+    saved = read_state(path).get("world_size")
+    if not (path / f"optimizer_rank{dist.rank}.pt").is_file() or saved != dist.world:
+        raise ConfigError(f"{path} holds no optimizer shards for {dist.world} FSDP processes (it was saved by "
+                          f"{saved} process(es){'' if (path / 'optimizer_rank0.pt').is_file() else ' without FSDP'});"
+                          f" resume with the same number of processes and the same accelerate config")
+    return path / f"optimizer_rank{dist.rank}.pt"
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, algorithm, rank: int, dist=None) -> dict[str, Any]:
     """Restore what `save_checkpoint` wrote into the given objects; returns its trainer state."""
-    load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, dist=dist)
     algorithm.load_files(path / ALGORITHM_DIR)
     algorithm_file = path / f"algorithm_rank{rank}.json"
     legacy_replay = path / f"replay_rank{rank}.json"  # SPO-tree's buffer, before algorithm_rank files

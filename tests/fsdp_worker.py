@@ -1,0 +1,55 @@
+"""Run by tests/test_fsdp.py under `accelerate launch --config_file configs/accelerate/fsdp-cpu.yaml`
+(2 processes, FSDP2 over gloo): an uninterrupted smoke run, then a copy of it stopped after
+iteration 1 and resumed. Both with the golden runs' text reward, so that advantages are not
+all zero. After each run the main process also writes the policy's weights as they were
+in memory at the end (`<run>-weights.pt`), to compare with the saved checkpoint.
+
+    python -m accelerate.commands.launch --config_file configs/accelerate/fsdp-cpu.yaml \
+        tests/fsdp_worker.py OUT [OVERRIDES...]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from golden_runs import text_reward  # noqa: E402
+
+from spo.cli import main  # noqa: E402
+from spo.tasks.registry import Task  # noqa: E402
+from spo.train.loop import Trainer  # noqa: E402
+
+real_train = Trainer.train
+
+
+def train_and_keep_weights(self):
+    """Trainer.train, then the full weights (a collective) to `<run>-weights.pt`."""
+    run_dir = real_train(self)
+    weights = self.dist.full_state_dict(self.model)
+    if self.dist.is_main:
+        torch.save(weights, run_dir.parent / f"{run_dir.name}-weights.pt")
+    return run_dir
+
+
+def run(args: list[str]) -> None:
+    with mock.patch.object(Task, "reward", text_reward), mock.patch.object(Trainer, "train", train_and_keep_weights):
+        assert main(args) == 0
+
+
+if __name__ == "__main__":
+    out, overrides = Path(sys.argv[1]), sys.argv[2:]
+    run(["train", "--config", "smoke", "--output-dir", str(out / "run"), *overrides])
+    if torch.distributed.get_rank() == 0:  # as if killed right after saving iteration 1
+        crashed = out / "crashed"
+        shutil.copytree(out / "run", crashed)
+        for ckpt in (crashed / "checkpoints").glob("iter_*"):
+            if int(ckpt.name.split("_")[1]) > 1:
+                shutil.rmtree(ckpt)
+        (crashed / "checkpoints" / "latest").write_text("iter_000001\n")
+    torch.distributed.barrier()
+    run(["train", "--resume", str(out / "crashed")])
