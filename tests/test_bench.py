@@ -104,32 +104,37 @@ def test_paired_t_interval_by_hand():
     assert p.n == 3 and p.mean == pytest.approx(0.2) and p.high == pytest.approx(0.448414, abs=1e-6)
 
 
-def test_equal_spend_pairs_methods_with_the_baseline_at_common_iterations_and_tokens():
+def test_equal_spend_pairs_each_method_with_the_baseline_at_their_common_iterations_and_tokens():
     def c(*pts):  # (iteration, tokens, accuracy); samples and seconds follow tokens
         return [CurvePoint(i, t, t / 10, t / 100, acc) for i, t, acc in pts]
 
     curves = {
         "grpo": {0: c((0, 0, 0.2), (2, 100, 0.4), (4, 200, 0.5)), 1: c((0, 0, 0.3), (2, 110, 0.3), (4, 210, 0.6))},
         "spo": {0: c((0, 0, 0.2), (1, 120, 0.5), (2, 240, 0.6)), 1: c((0, 0, 0.3), (1, 100, 0.3), (2, 200, 0.5))},
+        "cheap": {0: c((0, 0, 0.2), (4, 220, 0.5))},  # only seed 0
     }
-    spends, rows = equal_spend(curves, "grpo")
-    assert spends == {"iteration": 2, "tokens": 200, "seconds": 2.0}
-    grpo, spo = rows
-    assert grpo.vs_baseline == {}
+    grpo, spo, cheap = equal_spend(curves, "grpo")
+    assert grpo.vs_baseline == {} and grpo.spend == {"iteration": 4, "tokens": 200, "seconds": 2.0}
+    assert spo.spend == {"iteration": 2, "tokens": 200, "seconds": 2.0}
+    assert cheap.spend == {"iteration": 4, "tokens": 200, "seconds": 2.0}  # its pair, not spo's iteration 2
     # at iteration 2: grpo 0.4, 0.3; spo 0.6, 0.5 -> differences 0.2, 0.2
-    assert spo.at["iteration"] == pytest.approx(0.55) and grpo.at["iteration"] == pytest.approx(0.35)
-    assert spo.vs_baseline["iteration"].mean == pytest.approx(0.2) and spo.vs_baseline["iteration"].std == pytest.approx(0, abs=1e-12)
+    assert spo.at["iteration"] == pytest.approx(0.55) and spo.baseline_at["iteration"] == pytest.approx(0.35)
+    assert spo.vs_baseline["iteration"].mean == pytest.approx(0.2)
+    assert spo.vs_baseline["iteration"].std == pytest.approx(0, abs=1e-12)
     # at 200 tokens: grpo seed0 0.5, seed1 0.3 + 0.3 * 90/100 = 0.57; spo seed0 0.5 + 0.1 * 80/120, seed1 0.5
     g0, g1, s0, s1 = 0.5, 0.57, 0.5 + 0.1 * 80 / 120, 0.5
-    assert grpo.at["tokens"] == pytest.approx((g0 + g1) / 2) and spo.at["tokens"] == pytest.approx((s0 + s1) / 2)
+    assert spo.baseline_at["tokens"] == pytest.approx((g0 + g1) / 2) and spo.at["tokens"] == pytest.approx((s0 + s1) / 2)
     d = spo.vs_baseline["tokens"]
     assert d.mean == pytest.approx(((s0 - g0) + (s1 - g1)) / 2) and d.n == 2
     half = 12.706204736 * d.std / math.sqrt(2)
     assert (d.low, d.high) == (pytest.approx(d.mean - half), pytest.approx(d.mean + half))
     assert spo.vs_baseline["final"].mean == pytest.approx(((0.6 - 0.5) + (0.5 - 0.6)) / 2)
-    table = equal_spend_table(spends, rows, "grpo")
-    assert "acc @ iter 2" in table and "acc @ 200 tok" in table and "| spo | 2 | 0.550 ± 0.071" in table
-    assert "+0.200 [+0.200, +0.200]" in table and "95% paired t interval" in table
+    # one seed in common: the difference without an interval
+    assert cheap.vs_baseline["tokens"].n == 1 and cheap.vs_baseline["tokens"].mean == pytest.approx(0.5 * 200 / 220 + 0.2 * 20 / 220 - 0.5)
+    assert math.isnan(cheap.vs_baseline["tokens"].low)
+    table = equal_spend_table([grpo, spo, cheap], "grpo")
+    assert "| spo | 2 | 2 | 0.550 (0.350) | +0.200 [+0.200, +0.200] | 200 |" in table
+    assert "(n=1)" in table and "95% paired t interval" in table
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +155,8 @@ def test_bench_writes_table_plots_and_curves_from_the_runs(bench_dir):
     assert res["baseline"] == "grpo" and res["seeds"]["rloo"] == [0, 1]
     assert [r["method"] for r in res["equal_spend"]] == ["grpo", "rloo", "spo_chain", "spo_tree"]
     assert res["equal_spend"][1]["vs_baseline"]["tokens"]["n"] == 2
-    assert res["common_spend"]["tokens"] == min(c[-1]["tokens"] for cs in res["curves"].values() for c in cs)
+    rloo_tokens = res["equal_spend"][1]["spend"]["tokens"]
+    assert rloo_tokens == min(c[-1]["tokens"] for m in ("grpo", "rloo") for c in res["curves"][m])
     assert "paired t interval" in (bench_dir / "results.md").read_text()
     assert "100 generated tokens" in res["budget"]
     for method, curves in res["curves"].items():

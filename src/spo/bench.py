@@ -176,13 +176,15 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
         raise FileNotFoundError(f"{out}: no finished run to report")
     rc = run_config(cfg, next(iter(b.methods)), b.seeds[0])
     baseline = baseline_method(b)
-    spends, equal = equal_spend({m: cs for m, cs in by_seed.items() if cs}, baseline, b.confidence)
-    table = (markdown_table(summaries, b.target_accuracy, budget_description(rc)) + "\n"
-             + equal_spend_table(spends, equal, baseline, b.confidence))
+    equal = equal_spend({m: cs for m, cs in by_seed.items() if cs}, baseline, b.confidence) \
+        if by_seed.get(baseline) else []
+    table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
+    if equal:
+        table += "\n" + equal_spend_table(equal, baseline, b.confidence)
     write_text_atomic(out / "results.md", f"# spo bench\n\n{table}")
     results = {"budget": budget_description(rc), "target_accuracy": b.target_accuracy, "metric": b.metric,
                "summaries": [s.as_dict() for s in summaries],
-               "baseline": baseline, "confidence": b.confidence, "common_spend": spends,
+               "baseline": baseline, "confidence": b.confidence,
                "equal_spend": [r.as_dict() for r in equal],
                "seeds": {m: sorted(cs) for m, cs in by_seed.items()},
                "curves": {m: [[p.__dict__ for p in c] for c in cs] for m, cs in curves.items()}}

@@ -293,39 +293,49 @@ EQUAL_SPEND_KEYS = ("iteration", "tokens", "seconds")
 
 @dataclass
 class EqualSpend:
-    """One method at equal spend and against the baseline, seed by seed."""
+    """One method against the baseline at equal spend, seed by seed. For each spend key,
+    `spend` is the common spend of this method's and the baseline's runs (the last
+    iteration all of them reached, the fewest tokens / seconds any of them spent)."""
     method: str
     seeds: int
-    at: dict[str, float]  # spend key -> mean accuracy over seeds at the common spend
+    spend: dict[str, float]
+    at: dict[str, float]  # spend key -> this method's mean accuracy over seeds there
     at_std: dict[str, float]
+    baseline_at: dict[str, float]  # the baseline's mean accuracy at the same spend
     vs_baseline: dict[str, PairedDiff]  # "final" and the spend keys; empty for the baseline itself
 
     def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "seeds": self.seeds, "at": self.at, "at_std": self.at_std,
+        return {"method": self.method, "seeds": self.seeds, "spend": self.spend, "at": self.at,
+                "at_std": self.at_std, "baseline_at": self.baseline_at,
                 "vs_baseline": {k: asdict(v) for k, v in self.vs_baseline.items()}}
 
 
 def equal_spend(curves: dict[str, dict[int, Sequence[CurvePoint]]], baseline: str,
-                confidence: float = 0.95) -> tuple[dict[str, float], list[EqualSpend]]:
-    """Every method at the common iteration, token and second spends (`common_spend` over
-    all runs of all methods) and, paired by seed, its differences to `baseline` there and
-    in final accuracy. `curves`: method -> seed -> curve. Returns (the common spends, rows)."""
-    runs = [c for by_seed in curves.values() for c in by_seed.values() if c]
-    spends = {k: common_spend(runs, k) for k in EQUAL_SPEND_KEYS}
-    at_seed = {m: {k: {s: value_at(c, k, spends[k]) for s, c in by_seed.items() if c} for k in EQUAL_SPEND_KEYS}
-               for m, by_seed in curves.items()}
-    final = {m: {s: c[-1].accuracy for s, c in by_seed.items() if c} for m, by_seed in curves.items()}
+                confidence: float = 0.95) -> list[EqualSpend]:
+    """Every method against `baseline` (`curves`: method -> seed -> curve) at equal
+    iterations, generated tokens and training seconds, and in final accuracy: accuracies
+    at the pair's common spend (`common_spend` over both methods' runs, so that one costly
+    method does not pull every comparison down to its few iterations), and the paired
+    differences (same seed) with their t intervals."""
+    if baseline not in curves:
+        raise ValueError(f"baseline {baseline!r} has no runs")
+    base = curves[baseline]
     rows = []
-    for m in curves:
-        at = {k: mean_and_std(list(at_seed[m][k].values())) for k in EQUAL_SPEND_KEYS}
+    for m, by_seed in curves.items():
+        runs = [c for c in [*by_seed.values(), *base.values()] if c]
+        spend = {k: common_spend(runs, k) for k in EQUAL_SPEND_KEYS}
+        mine = {k: {s: value_at(c, k, spend[k]) for s, c in by_seed.items() if c} for k in EQUAL_SPEND_KEYS}
+        theirs = {k: {s: value_at(c, k, spend[k]) for s, c in base.items() if c} for k in EQUAL_SPEND_KEYS}
         vs = {}
-        if m != baseline and baseline in curves:
-            vs["final"] = paired_comparison(final[m], final[baseline], confidence)
-            vs.update({k: paired_comparison(at_seed[m][k], at_seed[baseline][k], confidence)
-                       for k in EQUAL_SPEND_KEYS})
-        rows.append(EqualSpend(m, len(final[m]), {k: v[0] for k, v in at.items()},
-                               {k: v[1] for k, v in at.items()}, vs))
-    return spends, rows
+        if m != baseline:
+            vs["final"] = paired_comparison({s: c[-1].accuracy for s, c in by_seed.items() if c},
+                                            {s: c[-1].accuracy for s, c in base.items() if c}, confidence)
+            vs.update({k: paired_comparison(mine[k], theirs[k], confidence) for k in EQUAL_SPEND_KEYS})
+        at = {k: mean_and_std(list(mine[k].values())) for k in EQUAL_SPEND_KEYS}
+        rows.append(EqualSpend(m, len(by_seed), spend, {k: v[0] for k, v in at.items()},
+                               {k: v[1] for k, v in at.items()},
+                               {k: mean_and_std(list(theirs[k].values()))[0] for k in EQUAL_SPEND_KEYS}, vs))
+    return rows
 
 
 def _fmt_diff(d: PairedDiff | None) -> str:
@@ -336,23 +346,23 @@ def _fmt_diff(d: PairedDiff | None) -> str:
     return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
 
 
-def equal_spend_table(spends: dict[str, float], rows: Sequence[EqualSpend], baseline: str,
-                      confidence: float = 0.95) -> str:
-    """Accuracy at equal iterations, generated tokens and training seconds, and the paired
-    differences to the baseline with their confidence intervals."""
+def equal_spend_table(rows: Sequence[EqualSpend], baseline: str, confidence: float = 0.95) -> str:
+    """Each method against the baseline at equal iterations, generated tokens and training
+    seconds: both accuracies and the paired difference with its confidence interval."""
     pct = f"{100 * confidence:g}%"
-    head = (f"Equal spend: held-out accuracy at iteration {spends['iteration']:g} (the last every run "
-            f"reached), at {spends['tokens']:,.0f} generated tokens and at {spends['seconds']:.0f} training "
-            f"seconds (the least any run spent), linearly interpolated between evaluations; mean ± std over "
-            f"seeds. Δ: method minus {baseline} on the same seed (same prompts, same initial weights), mean "
-            f"over seeds [{pct} paired t interval].\n\n")
-    cols = ["method", "seeds", f"acc @ iter {spends['iteration']:g}", f"acc @ {spends['tokens']:,.0f} tok",
-            f"acc @ {spends['seconds']:.0f} s", f"Δ final vs {baseline}", f"Δ @ iter vs {baseline}",
-            f"Δ @ tok vs {baseline}", f"Δ @ s vs {baseline}"]
+    head = (f"Equal spend, each method against {baseline}: held-out accuracy at the last iteration "
+            f"that every run of the two methods reached, and at the fewest generated tokens and training "
+            f"seconds that any of them spent, linearly interpolated between evaluations; mean over seeds, "
+            f"{baseline}'s in brackets. Δ: method minus {baseline}, seed by seed (same prompts, same initial "
+            f"weights), mean [{pct} paired t interval over seeds].\n\n")
+    cols = ["method", "seeds", "iteration", "acc", "Δ", "tokens", "acc", "Δ", "seconds", "acc", "Δ", "Δ final"]
+    fmts = {"iteration": ".0f", "tokens": ",.0f", "seconds": ".0f"}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.method, str(r.seeds)]
-        cells += [f"{_fmt(r.at[k], '.3f')} ± {_fmt(r.at_std[k], '.3f')}" for k in EQUAL_SPEND_KEYS]
-        cells += [_fmt_diff(r.vs_baseline.get(k)) for k in ("final", *EQUAL_SPEND_KEYS)]
+        for k in EQUAL_SPEND_KEYS:
+            acc = _fmt(r.at[k], ".3f") + ("" if r.method == baseline else f" ({_fmt(r.baseline_at[k], '.3f')})")
+            cells += [_fmt(r.spend[k], fmts[k]), acc, _fmt_diff(r.vs_baseline.get(k))]
+        cells.append(_fmt_diff(r.vs_baseline.get("final")))
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
