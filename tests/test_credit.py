@@ -1,0 +1,152 @@
+"""`spo credit`: the ground-truth values on a policy whose values are known analytically,
+the credit metrics on hand-made advantage arrays, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from spo.evaluate.credit import (
+    blame_hit,
+    credit_metrics,
+    mean_and_se,
+    pearson,
+    sign_agreement,
+    true_advantages,
+    unit_estimates,
+)
+from spo.evaluate.ground_truth import prefix_values
+from spo.sample.engine import Rollout, SamplingParams
+
+# --- ground truth on a hand-built policy ------------------------------------------------
+#
+# The policy writes L = 4 tokens, each 1 with probability P else 0, and stops; the reward is
+# 1 when every token is 1. From a prefix of t tokens the true value is P^(L - t) when the
+# prefix is all ones, else 0; a prefix of L tokens is finished (its value is its reward).
+
+L, P, PROMPT = 4, 0.8, [9, 9]
+
+
+class CoinEngine:
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.asked: list[tuple[list[int], int]] = []
+
+    def generate(self, contexts, params, n=1, max_new_tokens=None):
+        out = []
+        for c, cap in zip(contexts, max_new_tokens):
+            self.asked.append((list(c), cap))
+            group = []
+            for _ in range(n):
+                toks = [int(self.rng.random() < P) for _ in range(min(cap, L - (len(c) - len(PROMPT))))]
+                group.append(Rollout(list(c), toks, [0.0] * len(toks), "eos"))
+            out.append(group)
+        return out
+
+    def sync_weights(self):
+        pass
+
+
+def true_value(prefix: list[int]) -> float:
+    return P ** (L - len(prefix)) if all(prefix) else 0.0
+
+
+def test_ground_truth_matches_known_values_within_se():
+    prefixes = [[], [1], [1, 1], [1, 0], [1, 1, 1], [0, 1, 1]]
+    contexts = [PROMPT + p for p in prefixes]
+    budgets = [L - len(p) for p in prefixes]
+
+    def score(owners, conts, truncated):
+        return [float(all(prefixes[i] + c) and not cut) for i, c, cut in zip(owners, conts, truncated)]
+
+    chunks = []
+    values, tokens = prefix_values(CoinEngine(), contexts, budgets, score, num_samples=2000,
+                                   params=SamplingParams(max_new_tokens=L, seed=3), chunk_size=4,
+                                   on_chunk=lambda idx, vs, n: chunks.append(idx))
+    assert chunks == [[0, 1, 2, 3], [4, 5]]
+    assert tokens == 2000 * sum(budgets)
+    for p, v in zip(prefixes, values):
+        q = true_value(p)
+        assert v.samples == 2000
+        assert abs(v.mean - q) <= 4 * max(v.se, 1e-12), (p, v, q)
+        assert v.se == pytest.approx(math.sqrt(q * (1 - q) / 1999), rel=0.1, abs=1e-9)  # binomial SE
+
+
+def test_ground_truth_budget_zero_is_scored_not_sampled():
+    engine = CoinEngine()
+    values, tokens = prefix_values(engine, [PROMPT + [1, 1, 1, 1]], [0], lambda o, c, t: [0.0] * len(o),
+                                   num_samples=8, params=SamplingParams())
+    assert engine.asked == [] and tokens == 0
+    assert (values[0].mean, values[0].se) == (0.0, 0.0)
+
+
+def test_true_advantages_of_the_coin_policy_telescope():
+    prefix = [1, 1, 0, 1]  # the third token dooms it: A* = 0 - 0.8 there
+    v = [true_value(prefix[:t]) for t in range(L)] + [0.0]
+    adv, se = true_advantages(v, [0.01] * L + [0.0])
+    assert adv == pytest.approx([P ** 3 - P ** 4, P ** 2 - P ** 3, -P ** 2, 0.0])
+    assert sum(adv) == pytest.approx(v[-1] - v[0])
+    assert se == pytest.approx([math.sqrt(2) * 0.01] * 3 + [0.01])
+
+
+# --- metrics on hand-made arrays ------------------------------------------------------
+
+
+def test_mean_and_se():
+    assert mean_and_se([1, 0, 1, 0]) == pytest.approx((0.5, math.sqrt(0.25 * 4 / 3 / 4)))
+    assert mean_and_se([1.0]) == (1.0, math.inf)
+    with pytest.raises(ValueError):
+        mean_and_se([])
+
+
+def test_pearson():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) is None  # a constant estimate has no correlation
+    assert pearson([1], [1]) is None
+
+
+def test_sign_agreement_counts_clear_units_and_zero_as_half():
+    est = [0.5, -0.1, 0.0, 0.3, 9.0]
+    true = [0.4, 0.3, -0.5, -0.2, 0.01]
+    se = [0.1, 0.1, 0.1, 0.05, 0.1]  # the last is not clear (|A*| <= 2 SE)
+    agree, n = sign_agreement(est, true, se)
+    assert n == 4
+    assert agree == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert sign_agreement([1.0], [0.0], [0.0]) == (None, 0)
+
+
+def test_unit_estimates_average_tokens():
+    assert unit_estimates([1, 1, 4, 2], [0, 2, 4]) == [1.0, 3.0]
+    assert unit_estimates([1, 2], [0, 1, 2]) == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        unit_estimates([1, 2], [0, 1])
+
+
+def test_blame_hit_with_ties():
+    true = [0.0, -0.6, 0.1, -0.1]
+    assert blame_hit([0.2, -1.0, 0.0, 0.1], true) == (1.0, 0.25)  # points at the drop
+    assert blame_hit([-0.3, -0.3, -0.3, -0.3], true) == (0.25, 0.25)  # a constant estimate: chance
+    assert blame_hit([-0.5, -0.5, 0.0, 0.0], true) == (0.5, 0.25)  # half its blame on the drop
+    assert blame_hit([0.0, 0.0, -1.0, 0.0], true) == (0.0, 0.25)
+    assert blame_hit([0.0, 1.0], [-0.5, -0.5]) == (1.0, 1.0)  # drop tied over both units
+
+
+def test_credit_metrics_pools_units_and_scores_blame_on_clear_wrong_responses():
+    est = [[0.5, 0.5], [-1.0, 0.0, 0.0], [-0.2, -0.2]]
+    true = [[0.3, 0.2], [-0.8, 0.1, 0.0], [-0.01, 0.0]]
+    se = [[0.05, 0.05], [0.1, 0.1, 0.0], [0.1, 0.1]]
+    m = credit_metrics(est, true, se, wrong=[False, True, True])
+    assert m.units == 7
+    flat_e = [0.5, 0.5, -1.0, 0.0, 0.0, -0.2, -0.2]
+    flat_t = [0.3, 0.2, -0.8, 0.1, 0.0, -0.01, 0.0]
+    assert m.pearson == pytest.approx(pearson(flat_e, flat_t))
+    assert m.mse == pytest.approx(sum((a - b) ** 2 for a, b in zip(flat_e, flat_t)) / 7)
+    assert (m.sign_agreement, m.sign_units) == (1.0, 3)  # 0.3, 0.2 and -0.8 are clear
+    # response 3's drop (-0.01) is within noise: only response 2 is scored for blame
+    assert (m.blame_hit, m.blame_chance, m.blame_responses) == (1.0, pytest.approx(1 / 3), 1)
+    with pytest.raises(ValueError):
+        credit_metrics([[1.0]], [[1.0, 2.0]], [[0.0, 0.0]])
