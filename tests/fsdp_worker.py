@@ -28,7 +28,13 @@ real_train = Trainer.train
 
 
 def train_and_keep_weights(self):
-    """Trainer.train, then the full weights (a collective) to `<run>-weights.pt`."""
+    """Trainer.train, then the full weights (a collective) to `<run>-weights.pt`. First, a
+    check that sampling needs no collective: inside `gathered`, process R runs R + 1
+    forward passes (a per-forward all-gather would hang or pair them wrongly)."""
+    assert self.dist.is_fsdp and self.dist.world == 2
+    with torch.no_grad(), self.dist.gathered(self.policy):
+        for _ in range(self.dist.rank + 1):
+            self.policy(torch.tensor([[1, 2, 3]]))
     run_dir = real_train(self)
     weights = self.dist.full_state_dict(self.model)
     if self.dist.is_main:

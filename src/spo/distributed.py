@@ -39,7 +39,11 @@ from spo.config import ConfigError
 def make_accelerator() -> Accelerator:
     """The run's Accelerator, from the `accelerate launch` environment (CPU when there is no
     GPU). An FSDP config is honoured on the CPU too (see the module docstring); FSDP1
-    (`fsdp_version: 1`) is refused: spo shards with FSDP2."""
+    (`fsdp_version: 1`) and DeepSpeed are refused: spo shards with FSDP2."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError("spo does not run under DeepSpeed (its update steps its own optimizer, with fp32 master "
+                          "weights, and samples from the policy in-process); for ZeRO-3-like sharding use FSDP: "
+                          "accelerate launch --config_file configs/accelerate/fsdp.yaml (docs/distributed.md)")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return acc

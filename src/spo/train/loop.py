@@ -9,9 +9,10 @@ The algorithm (`algorithm.estimator`: grpo, rloo, spo_chain, spo_tree, ...) come
 spo.algorithms, the engine (`sampling.engine`) from spo.sample.factory; this file names
 neither. Data parallelism comes from accelerate: every process takes 1/W of the
 iteration's prompts (whole groups, so group baselines stay local), samples and scores
-them, and trains on its share; DDP averages gradients, and the loss is normalised by the
-GLOBAL token count of each mini-batch, so W processes take the same optimizer steps as
-one process with the same global batch.
+them, and trains on its share; DDP averages gradients (FSDP shards the policy and its
+optimizer state: spo.distributed), and the loss is normalised by the GLOBAL token count
+of each mini-batch, so W processes take the same optimizer steps as one process with the
+same global batch.
 """
 
 from __future__ import annotations
