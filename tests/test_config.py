@@ -32,6 +32,10 @@ def test_every_shipped_preset_loads(preset):
         from spo.bench import load_bench_config
 
         load_bench_config(PRESETS_DIR / preset)
+    elif preset.startswith("credit-"):  # presets of `spo credit`: every estimator setting is checked
+        from spo.credit import load_credit_config
+
+        load_credit_config(PRESETS_DIR / preset)
     else:
         load_config(PRESETS_DIR / preset)
 

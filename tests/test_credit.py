@@ -11,6 +11,7 @@ import pytest
 
 from spo.evaluate.credit import (
     blame_hit,
+    correlation_ceiling,
     credit_metrics,
     mean_and_se,
     pearson,
@@ -141,6 +142,7 @@ def test_credit_metrics_pools_units_and_scores_blame_on_clear_wrong_responses():
     se = [[0.05, 0.05], [0.1, 0.1, 0.0], [0.1, 0.1]]
     m = credit_metrics(est, true, se, wrong=[False, True, True])
     assert m.units == 7
+    assert m.ceiling == pytest.approx(correlation_ceiling([0.3, 0.2, -0.8, 0.1, 0.0, -0.01, 0.0], [x for r in se for x in r]))
     flat_e = [0.5, 0.5, -1.0, 0.0, 0.0, -0.2, -0.2]
     flat_t = [0.3, 0.2, -0.8, 0.1, 0.0, -0.01, 0.0]
     assert m.pearson == pytest.approx(pearson(flat_e, flat_t))
@@ -150,3 +152,67 @@ def test_credit_metrics_pools_units_and_scores_blame_on_clear_wrong_responses():
     assert (m.blame_hit, m.blame_chance, m.blame_responses) == (1.0, pytest.approx(1 / 3), 1)
     with pytest.raises(ValueError):
         credit_metrics([[1.0]], [[1.0, 2.0]], [[0.0, 0.0]])
+
+
+def test_correlation_ceiling_matches_a_simulated_noisy_ground_truth():
+    rng = random.Random(0)
+    exact = [rng.gauss(0, 1) for _ in range(20000)]
+    noisy = [a + rng.gauss(0, 0.5) for a in exact]
+    ceiling = correlation_ceiling(noisy, [0.5] * len(noisy))
+    assert ceiling == pytest.approx(pearson(exact, noisy), abs=0.01)
+    assert ceiling == pytest.approx(1 / math.sqrt(1.25), abs=0.01)
+    assert correlation_ceiling([1.0, 1.0], [0.1, 0.1]) is None
+    assert correlation_ceiling([0.0, 0.1], [1.0, 1.0]) == 0.0  # all noise
+
+
+# --- the command end to end, on the tiny random model ---------------------------------
+
+
+def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
+    from spo.cli import main
+
+    import spo.credit
+
+    monkeypatch.setattr(spo.credit, "cache_dir", lambda: tmp_path / "cache")  # the model cache stays shared
+    out = tmp_path / "out"
+    assert main(["credit", "--config", "credit-smoke", "--output-dir", str(out), "credit.cache=true"]) == 0
+    result = json.loads((out / "credit.json").read_text())
+    assert (out / "credit.md").read_text().startswith("# spo credit")
+    assert (out / "credit_vs_samples.png").is_file()
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["grpo", "rloo", "spo_chain N=2", "vineppo N=2", "spo_tree"]
+    n = result["responses"]
+    assert n == 2 * 4 and rows["grpo"]["samples"] == n and rows["grpo"]["tokens"] == result["response_tokens"]
+    assert rows["spo_chain N=2"]["samples"] >= n and rows["spo_chain N=2"]["tokens"] >= result["response_tokens"]
+    assert rows["spo_tree"]["token"] is None and rows["spo_tree"]["samples"] == 2 * (2 + 4)
+    assert rows["spo_tree"]["segment"]["units"] == 2 * (2 + 4)  # every edge of both trees
+    assert rows["grpo"]["token"]["units"] >= result["response_tokens"] / 2  # stride 2
+    gt = result["ground_truth"]
+    assert gt["states"] > 0 and gt["states_sampled_now"] == gt["states"]
+    # a second run takes every value from the cache
+    assert main(["credit", "--config", "credit-smoke", "--output-dir", str(out), "credit.cache=true"]) == 0
+    again = json.loads((out / "credit.json").read_text())
+    assert again["ground_truth"]["states_sampled_now"] == 0
+    assert [r["token"] for r in again["rows"]] == [r["token"] for r in result["rows"]]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["credit.prompts=0"], "credit.prompts"),
+    (["credit.estimators={ppo: [algorithm.estimator=ppo]}"], "ppo is left out"),
+    (["credit.estimators={x: [sampling.group_size=2]}"], "only algorithm.*"),
+    (["credit.estimators={x: [algorithm.estimator=nope]}"], "credit.estimators"),
+    (["credit.bogus=1"], "bogus"),
+])
+def test_spo_credit_bad_config_exits_2(overrides, message, capsys):
+    from spo.cli import main
+
+    assert main(["credit", "--config", "credit-smoke", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_spo_credit_missing_preset_exits_2(capsys):
+    from spo.cli import main
+
+    assert main(["credit", "--config", "no-such-preset"]) == 2
+    assert "config file not found" in capsys.readouterr().err

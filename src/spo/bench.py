@@ -33,10 +33,8 @@ from typing import Any
 from spo.config import (
     ConfigError,
     RunConfig,
-    from_dict,
-    apply_overrides,
     build_config,
-    load_yaml,
+    load_sections,
     to_dict,
 )
 from spo.evaluate.compare import (
@@ -89,11 +87,7 @@ class BenchConfig:
 
 def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
     """Read a bench preset; overrides are `bench.x=...` or `run.section.key=...`."""
-    data = apply_overrides(load_yaml(path), list(overrides))
-    unknown = set(data) - {"bench", "run"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a bench preset has `bench` and `run`")
-    cfg = BenchConfig(from_dict(BenchOptions, data.get("bench") or {}, prefix="bench."), data.get("run") or {})
+    cfg = BenchConfig(*load_sections(path, overrides, "bench", BenchOptions))
     b = cfg.bench
     if not b.methods:
         raise ConfigError("bench.methods: at least one method")

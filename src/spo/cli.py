@@ -5,6 +5,7 @@
     spo train --resume runs/20261121-101500 iterations=20
     spo eval runs/20261121-101500 --config configs/demo.yaml --samples 4 --temperature 0.6
     spo sft --config sft-arith                  # supervised fine-tuning (cached by config hash)
+    spo credit --config credit-arith            # credit accuracy of the estimators vs ground truth
     spo options                                 # every option, its type, default and meaning
     spo options --sft                           # every option of `spo sft`
 """
@@ -137,6 +138,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_credit(args: argparse.Namespace) -> int:
+    from spo.credit import load_credit_config, run_credit
+
+    cfg = load_credit_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("credit") / Path(args.config).stem)
+    run_credit(cfg, out)
+    print(f"results: {out}/credit.md, {out}/credit.json, plot: {out}/credit_vs_samples.png")
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options()
     if args.markdown:
@@ -187,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
     p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("credit", help="credit-assignment accuracy of the estimators against Monte-Carlo ground truth "
+                                      "on a frozen policy (table + plot)")
+    p.add_argument("--config", default="credit-arith", help="credit preset: a path or a shipped name (credit-arith, ...)")
+    p.add_argument("--output-dir", help="results folder (default credit/<preset name>)")
+    p.add_argument("overrides", nargs="*", help="credit.key=value or run.section.key=value overrides")
+    p.set_defaults(func=cmd_credit)
 
     add_inspect_commands(sub)  # spo inspect, spo plot
 

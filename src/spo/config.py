@@ -577,6 +577,18 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def load_sections(path: str | Path, overrides: list[str], section: str, cls: type) -> tuple[Any, dict]:
+    """A two-section preset (`spo bench`, `spo credit`): (`section` read into the dataclass
+    `cls`, the `run` mapping, validated later by build_config) after the overrides
+    (`<section>.x=...` or `run.section.key=...`)."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    unknown = set(data) - {section, "run"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a {section} preset has `{section}` "
+                          "and `run`")
+    return from_dict(cls, data.get(section) or {}, prefix=f"{section}."), data.get("run") or {}
+
+
 def apply_overrides(data: dict | None, overrides: list[str] = ()) -> dict:
     """Copy of the nested dict `data` with each `a.b=value` override set in it."""
     merged = dict(data or {})

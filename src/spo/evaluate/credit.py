@@ -19,6 +19,9 @@ own at stride 1).
 
 Metrics, pooled over all units of all responses:
   pearson         correlation of the estimates with A* (None when either is constant);
+  ceiling         the correlation that the exact advantages would reach with the noisy A*:
+                  sqrt(1 - mean SE(A*)^2 / var A*), so ground-truth noise is not mistaken
+                  for an estimator's error (A* = A + noise of variance SE^2, independent);
   sign_agreement  over units whose |A*| > z SE(A*): share whose estimate has A*'s sign,
                   an estimate of exactly 0 counting 1/2 (it takes no side);
   mse             mean of (estimate - A*)^2, on the estimator's own scale;
@@ -39,6 +42,7 @@ from typing import Sequence
 __all__ = [
     "CreditMetrics",
     "blame_hit",
+    "correlation_ceiling",
     "credit_metrics",
     "mean_and_se",
     "pearson",
@@ -100,6 +104,20 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy)
 
 
+def correlation_ceiling(true: Sequence[float], se: Sequence[float]) -> float | None:
+    """sqrt(1 - mean(SE^2) / var(A*)): the expected correlation of the exact advantages
+    with their noisy estimates A* (None for fewer than 2 units or a constant A*)."""
+    n = len(true)
+    if n < 2:
+        return None
+    m = sum(true) / n
+    var = sum((t - m) ** 2 for t in true) / (n - 1)
+    if var <= 0:
+        return None
+    noise = sum(s * s for s in se) / n
+    return math.sqrt(max(0.0, 1.0 - noise / var))
+
+
 def sign_agreement(est: Sequence[float], true: Sequence[float], se: Sequence[float],
                    z: float = 2.0) -> tuple[float | None, int]:
     """(agreement, count) over units with |A*| > z SE; an estimate of 0 counts 1/2."""
@@ -132,6 +150,7 @@ def blame_hit(est: Sequence[float], true: Sequence[float]) -> tuple[float, float
 class CreditMetrics:
     units: int  # units compared (tokens at stride 1; segments or edges at segment level)
     pearson: float | None
+    ceiling: float | None  # the exact advantages' correlation with the noisy A*
     sign_agreement: float | None
     sign_units: int  # units with |A*| > z SE
     mse: float | None
@@ -157,7 +176,8 @@ def credit_metrics(est: Sequence[Sequence[float]], true: Sequence[Sequence[float
     fs = [x for row in se for x in row]
     agree, n_sign = sign_agreement(fe, ft, fs, z)
     mse = sum((a - b) ** 2 for a, b in zip(fe, ft)) / len(fe) if fe else None
-    out = CreditMetrics(units=len(fe), pearson=pearson(fe, ft), sign_agreement=agree, sign_units=n_sign, mse=mse)
+    out = CreditMetrics(units=len(fe), pearson=pearson(fe, ft),
+                        ceiling=correlation_ceiling(ft, fs), sign_agreement=agree, sign_units=n_sign, mse=mse)
     if wrong is not None:
         hits, chances = [], []
         for e, t, s, w in zip(est, true, se, wrong):

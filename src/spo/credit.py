@@ -1,0 +1,561 @@
+"""`spo credit`: how accurately each advantage estimator assigns credit, measured against
+Monte-Carlo ground truth on a frozen policy (docs/credit.md).
+
+A credit preset has two sections:
+
+    credit:                # CreditOptions below
+      estimators: {grpo: [algorithm.estimator=grpo], spo_chain N=4: [algorithm.estimator=spo_chain, ...]}
+      prompts: 16
+      ground_truth_samples: 64
+    run:                   # one RunConfig (model, task, sampling, algorithm defaults)
+      model: ...
+
+Steps, all on the frozen policy `run.model`:
+  1. responses   `sampling.group_size` responses to each of the first `credit.prompts`
+                 problems of `credit.split`, scored;
+  2. estimators  every setting's advantages on those responses, computed with the
+                 project's own code (outcome estimators from the registry; SPO-chain and
+                 VinePPO: `partition_response`, `estimate_chain_values`, `spo_chain`);
+                 SPO-tree samples its own trees (`sample_trees`, `node_values`,
+                 `edge_advantages`). The samples and tokens each spent are counted;
+  3. ground truth V*(prefix) = mean reward of K continuations from the exact token prefix
+                 at every `stride`-th token boundary of every response, at every
+                 estimator's segment boundary, and at every tree node's end; cached in
+                 $SPO_CACHE_DIR/credit/ under a key of the model's weights and the task
+                 and sampling settings, so a re-run pays only for states it lacks;
+  4. metrics     `spo.evaluate.credit` per setting: token level (each estimator's
+                 advantage of a token against A*_t) and segment level (its own segments
+                 or tree edges against V*(end) - V*(start));
+  5. report      OUT/credit.md, OUT/credit.json, OUT/credit_vs_samples.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from spo.cache import cache_dir
+from spo.config import ConfigError, RunConfig, build_config, load_sections, to_dict
+from spo.estimate.chain_values import estimate_chain_values
+from spo.estimate.registry import EstimatorInputs, get_estimator
+from spo.estimate.segment import spo_chain
+from spo.estimate.tree import edge_advantages, node_values
+from spo.evaluate.credit import CreditMetrics, credit_metrics, true_advantages, unit_estimates
+from spo.evaluate.ground_truth import PrefixValue, prefix_values
+from spo.optimize.update import pad_rows
+from spo.partition.segments import partition_response
+from spo.sample.engine import SamplingParams
+from spo.sample.tree import sample_trees
+from spo.seeds import SALT_MC, SALT_SAMPLE, derive_seed
+from spo.train.checkpoint import write_text_atomic
+
+log = logging.getLogger("spo.credit")
+
+OUTCOME = ("grpo", "rloo", "reinforce")
+CHAIN = ("spo_chain", "vineppo")
+SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree")
+SALT_TRUTH = 23  # the ground truth's continuations: a stream no estimator uses
+
+
+@dataclass
+class CreditOptions:
+    estimators: dict[str, list[str]] = field(default_factory=lambda: {
+        "grpo": ["algorithm.estimator=grpo"],
+        "rloo": ["algorithm.estimator=rloo"],
+        "spo_chain": ["algorithm.estimator=spo_chain"],
+        "spo_tree": ["algorithm.estimator=spo_tree"],
+    })
+    """Setting label -> `algorithm.*` overrides of `run` (grpo, rloo, reinforce, spo_chain,
+    vineppo, spo_tree). All settings share the responses, so only `algorithm.*` may differ."""
+    prompts: int = 16
+    """How many problems (the first of `split`); each gets `run.sampling.group_size` responses."""
+    split: Literal["train", "eval"] = "eval"
+    """Which split of the task the problems come from."""
+    ground_truth_samples: int = 64
+    """K: Monte-Carlo continuations behind every ground-truth value V*(prefix)."""
+    stride: int = 1
+    """Ground truth at every `stride`-th token boundary (1: every token; larger: units of
+    `stride` tokens, each estimator's value for a unit being its tokens' mean)."""
+    z: float = 2.0
+    """A true advantage is clearly nonzero when |A*| > z SE(A*) (sign agreement, blame)."""
+    chunk_size: int = 256
+    """Ground-truth states per engine call (the cache is saved after each)."""
+    cache: bool = True
+    """Read and write the ground-truth cache ($SPO_CACHE_DIR/credit/)."""
+
+
+@dataclass
+class CreditConfig:
+    credit: CreditOptions
+    run: dict[str, Any]  # validated by build_config
+
+
+def load_credit_config(path: str | Path, overrides: list[str] = ()) -> CreditConfig:
+    """Read a credit preset; overrides are `credit.x=...` or `run.section.key=...`."""
+    cfg = CreditConfig(*load_sections(path, overrides, "credit", CreditOptions))
+    c = cfg.credit
+    if not c.estimators:
+        raise ConfigError("credit.estimators: at least one setting")
+    for key, ok, why in (("prompts", c.prompts >= 1, ">= 1"), ("ground_truth_samples", c.ground_truth_samples >= 2, ">= 2"),
+                         ("stride", c.stride >= 1, ">= 1"), ("z", c.z > 0, "> 0"), ("chunk_size", c.chunk_size >= 1, ">= 1")):
+        if not ok:
+            raise ConfigError(f"credit.{key}: must be {why}, got {getattr(c, key)}")
+    base = build_config(cfg.run)
+    if base.sampling.group_size < 2:
+        raise ConfigError("run.sampling.group_size: GRPO/RLOO need at least 2 responses per prompt")
+    for label in c.estimators:
+        setting_config(cfg, label)  # every setting must be valid before anything runs
+    return cfg
+
+
+def setting_config(cfg: CreditConfig, label: str) -> RunConfig:
+    """The shared run config + the setting's `algorithm.*` overrides."""
+    overrides = cfg.credit.estimators[label]
+    bad = [o for o in overrides if not o.strip().startswith("algorithm.")]
+    if bad:
+        raise ConfigError(f"credit.estimators[{label!r}]: only algorithm.* overrides (the responses are shared), got {bad}")
+    try:
+        rc = build_config(cfg.run, list(overrides))
+    except ConfigError as err:
+        raise ConfigError(f"credit.estimators[{label!r}]: {err}") from None
+    name = rc.algorithm.estimator
+    if name == "ppo":
+        raise ConfigError(f"credit.estimators[{label!r}]: ppo is left out: its advantages come from a critic, and an "
+                          "untrained critic says nothing about credit (docs/credit.md)")
+    if name not in SUPPORTED:
+        raise ConfigError(f"credit.estimators[{label!r}]: estimator {name!r} is not measured; known: {', '.join(SUPPORTED)}")
+    return rc
+
+
+# ---------------------------------------------------------------------------------------
+# The frozen policy and its responses.
+
+@dataclass
+class Setup:
+    cfg: RunConfig
+    task: Any
+    problems: list
+    tokenizer: Any
+    model: Any
+    engine: Any
+    prompts: list[list[int]]
+
+    def params(self, seed: int) -> SamplingParams:
+        s = self.cfg.sampling
+        return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                              top_k=s.top_k, seed=seed, stop=tuple(s.stop))
+
+    def score(self, problem_indices: list[int], responses: list[list[int]], truncated: list[bool]) -> list[float]:
+        from spo.tasks.scoring import decode_and_score
+
+        return decode_and_score(self.tokenizer, self.task, [self.problems[i] for i in problem_indices],
+                                responses, truncated)[1]
+
+
+def build_setup(cfg: CreditConfig) -> Setup:
+    from spo.models import load_policy_from_config, load_tokenizer
+    from spo.sample.factory import build_engine
+    from spo.tasks.registry import build_task
+    from spo.train.sft import resolve_model_name
+
+    rc = build_config(cfg.run)
+    torch.manual_seed(rc.seed)
+    task = build_task(rc.task.name, **rc.task.options)
+    problems = task.problems(cfg.credit.split, cfg.credit.prompts)
+    if not problems:
+        raise ConfigError(f"task {rc.task.name!r} has no {cfg.credit.split} problems")
+    model_cfg = dataclasses.replace(rc.model, name_or_path=resolve_model_name(rc.model.name_or_path))
+    tokenizer = load_tokenizer(resolve_model_name(rc.model.tokenizer or model_cfg.name_or_path))
+    model = load_policy_from_config(model_cfg, seed=rc.seed)
+    model.eval()
+    engine = build_engine(rc.sampling, model, tokenizer)
+    t = rc.task
+    prompts = [task.prompt_ids(tokenizer, p, t.prompt_format, t.system_prompt, t.prompt_template) for p in problems]
+    return Setup(rc, task, problems, tokenizer, model, engine, prompts)
+
+
+@dataclass
+class Responses:
+    problem: list[int]  # problem index of each response (its group id too)
+    ids: list[list[int]]
+    logprobs: list[list[float]]
+    truncated: list[bool]
+    rewards: list[float]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r) for r in self.ids)
+
+
+def sample_responses(setup: Setup) -> Responses:
+    g = setup.cfg.sampling.group_size
+    groups = setup.engine.generate(setup.prompts, setup.params(derive_seed(setup.cfg.seed, 0, 0, SALT_SAMPLE)), n=g)
+    flat = [(pi, r) for pi, group in enumerate(groups) for r in group]
+    problem = [pi for pi, _ in flat]
+    ids = [list(r.response_ids) for _, r in flat]
+    truncated = [r.truncated for _, r in flat]
+    return Responses(problem, ids, [list(r.logprobs) for _, r in flat], truncated, setup.score(problem, ids, truncated))
+
+
+# ---------------------------------------------------------------------------------------
+# Estimators: token advantages, segments and what they spent.
+
+@dataclass
+class Estimate:
+    label: str
+    estimator: str
+    settings: str
+    samples: int  # sequences sampled from the policy: responses or tree nodes, plus MC continuations
+    tokens: int  # tokens sampled for them
+    token_advantages: list[list[float]] | None = None  # per response (None: SPO-tree)
+    boundaries: list[list[int]] | None = None  # per response, its segments (outcome: [0, T])
+    trees: list[Any] = field(default_factory=list)  # SPO-tree: sampled trees
+    tree_values: list[list[float]] = field(default_factory=list)
+    tree_advantages: list[list[float | None]] = field(default_factory=list)
+    tree_rewards: list[list[float | None]] = field(default_factory=list)
+
+
+def _rows(adv: torch.Tensor, ids: list[list[int]]) -> list[list[float]]:
+    return [adv[i, : len(r)].tolist() for i, r in enumerate(ids)]
+
+
+def _inputs(resp: Responses, **fields: Any) -> EstimatorInputs:
+    width = max(len(r) for r in resp.ids)
+    return EstimatorInputs(rewards=torch.tensor(resp.rewards, dtype=torch.float32),
+                           group_ids=torch.tensor(resp.problem, dtype=torch.long),
+                           response_mask=pad_rows([[1.0] * len(r) for r in resp.ids], width), **fields)
+
+
+def run_estimator(setup: Setup, rc: RunConfig, label: str, index: int, resp: Responses) -> Estimate:
+    a, name = rc.algorithm, rc.algorithm.estimator
+    if name in OUTCOME:
+        options = {"scale_by_std": a.scale_by_std} if name == "grpo" else {}
+        adv = get_estimator(name)(_inputs(resp), **options)
+        settings = f"G={rc.sampling.group_size}" + ("" if name != "grpo" or a.scale_by_std else ", no std")
+        return Estimate(label, name, settings, len(resp.ids), resp.tokens, _rows(adv, resp.ids),
+                        [[0, len(r)] for r in resp.ids])
+    if name in CHAIN:
+        rule = "step" if name == "vineppo" else a.partition
+        bounds = []
+        for ids, lps in zip(resp.ids, resp.logprobs):
+            texts = setup.tokenizer.batch_decode([[t] for t in ids]) if rule == "step" else None
+            bounds.append(partition_response(lps, rule=rule, rho=a.rho, interval=a.interval,
+                                             segment_length=a.segment_length, max_segments=a.max_segments,
+                                             token_texts=texts, delimiter=a.step_delimiter)[0])
+
+        def score(i: int, ids: list[int], truncated: bool) -> float:
+            return setup.score([resp.problem[i]], [ids], [truncated])[0]
+
+        chain = estimate_chain_values(
+            setup.engine, [setup.prompts[p] for p in resp.problem], resp.ids, resp.rewards, resp.problem, bounds,
+            score, num_samples=a.mc_samples, params=setup.params(derive_seed(rc.seed, index, 0, SALT_MC)),
+            start_value=a.start_value)
+        adv = spo_chain(_inputs(resp, boundaries=bounds, values=[torch.tensor(v) for v in chain.values]))
+        part = {"cutpoint": f"cutpoints rho={a.rho} interval={a.interval}", "fixed": f"every {a.segment_length} tokens",
+                "step": "steps"}[rule]
+        settings = f"N={a.mc_samples}, {part}, V(0)={a.start_value}"
+        return Estimate(label, name, settings, len(resp.ids) + chain.states * a.mc_samples,
+                        resp.tokens + chain.continuation_tokens, _rows(adv, resp.ids), bounds)
+    # spo_tree
+    trees = sample_trees(setup.engine, setup.prompts, setup.params(derive_seed(rc.seed, index, 0, SALT_SAMPLE)),
+                         a.tree_branching, a.segment_length)
+    est = Estimate(label, name, f"tree {a.tree_branching}, M={a.segment_length}" + (", sibling std" if a.sibling_std else ""),
+                   sum(len(t.nodes) - 1 for t in trees), sum(t.generated_tokens for t in trees), trees=trees)
+    for pi, tree in enumerate(trees):
+        leaves = tree.leaves()
+        scores = setup.score([pi] * len(leaves), [tree.prefix(n.id) for n in leaves], [n.truncated for n in leaves])
+        rewards: list[float | None] = [None] * len(tree.nodes)
+        for n, r in zip(leaves, scores):
+            rewards[n.id] = r
+        parents = [n.parent for n in tree.nodes]
+        values = node_values(parents, rewards)
+        est.tree_rewards.append(rewards)
+        est.tree_values.append(values)
+        est.tree_advantages.append(edge_advantages(parents, values, sibling_std=a.sibling_std))
+    return est
+
+
+# ---------------------------------------------------------------------------------------
+# Ground truth.
+
+State = tuple[int, tuple[int, ...]]  # (problem index, response prefix)
+
+
+def _state_key(setup: Setup, state: State) -> str:
+    p, prefix = state
+    text = f"{len(prefix)}:" + ",".join(map(str, setup.prompts[p] + list(prefix)))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def ground_truth_key(setup: Setup, k: int) -> str:
+    """Cache key: the model's weights, the tokenizer, the task's prompts and grading, the
+    sampling settings, and K."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(setup.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    rc = setup.cfg
+    meta = {"weights": h.hexdigest(), "tokenizer": rc.model.tokenizer or rc.model.name_or_path,
+            "task": to_dict(rc.task), "sampling": {k_: getattr(rc.sampling, k_) for k_ in
+                                                   ("max_new_tokens", "temperature", "top_p", "top_k", "stop")},
+            "k": k}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@dataclass
+class GroundTruth:
+    values: dict[State, PrefixValue]
+    states: int  # states needed
+    computed: int  # of which sampled now (the rest from the cache)
+    samples: int  # continuations sampled now
+    tokens: int
+    seconds: float
+    cache_file: str | None
+
+    def value(self, state: State) -> PrefixValue:
+        return self.values[state]
+
+
+def ground_truth(setup: Setup, opts: CreditOptions, states: list[State]) -> GroundTruth:
+    t0 = time.perf_counter()
+    key = ground_truth_key(setup, opts.ground_truth_samples)
+    path = cache_dir() / "credit" / f"{key}.json"
+    cached: dict[str, list[float]] = {}
+    if opts.cache and path.is_file():
+        try:
+            cached = json.loads(path.read_text())["states"]
+        except (ValueError, KeyError, OSError):
+            log.warning("%s: unreadable ground-truth cache, starting afresh", path)
+    values: dict[State, PrefixValue] = {}
+    missing: list[State] = []
+    for s in states:
+        hit = cached.get(_state_key(setup, s))
+        if hit is not None:
+            values[s] = PrefixValue(hit[0], hit[1], int(hit[2]))
+        else:
+            missing.append(s)
+    budget = setup.cfg.sampling.max_new_tokens
+    done = {"tokens": 0, "states": 0}
+
+    def on_chunk(idx: list[int], vals: list[PrefixValue], tokens: int) -> None:
+        for i, v in zip(idx, vals):
+            values[missing[i]] = v
+            cached[_state_key(setup, missing[i])] = [v.mean, v.se, v.samples]
+        done["tokens"] += tokens
+        done["states"] += len(idx)
+        print(f"[credit] ground truth: {done['states']}/{len(missing)} states, {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        if opts.cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps({"k": opts.ground_truth_samples, "states": cached}))
+
+    if missing:
+        def score(owners: list[int], conts: list[list[int]], truncated: list[bool]) -> list[float]:
+            return setup.score([missing[i][0] for i in owners], [list(missing[i][1]) + c for i, c in zip(owners, conts)],
+                               truncated)
+
+        prefix_values(setup.engine, [setup.prompts[p] + list(prefix) for p, prefix in missing],
+                      [budget - len(prefix) for _, prefix in missing], score, num_samples=opts.ground_truth_samples,
+                      params=setup.params(derive_seed(setup.cfg.seed, 0, 0, SALT_TRUTH)), chunk_size=opts.chunk_size,
+                      on_chunk=on_chunk)
+    return GroundTruth(values, len(states), len(missing), len(missing) * opts.ground_truth_samples, done["tokens"],
+                       time.perf_counter() - t0, str(path) if opts.cache else None)
+
+
+def unit_boundaries(length: int, stride: int) -> list[int]:
+    return sorted(set(range(0, length, stride)) | {length})
+
+
+def states_needed(resp: Responses, estimates: list[Estimate], stride: int) -> list[State]:
+    """Every prefix whose V* some metric needs (ends of responses and leaves are rewards)."""
+    seen: dict[State, None] = {}
+    for i, ids in enumerate(resp.ids):
+        points = set(unit_boundaries(len(ids), stride))
+        for e in estimates:
+            if e.boundaries is not None:
+                points |= set(e.boundaries[i])
+        for t in sorted(points):
+            if t < len(ids):
+                seen[(resp.problem[i], tuple(ids[:t]))] = None
+    for e in estimates:
+        for pi, tree in enumerate(e.trees):
+            for n in tree.nodes:
+                if not n.leaf:
+                    seen[(pi, tuple(tree.prefix(n.id)))] = None
+    return list(seen)
+
+
+def _v(gt: GroundTruth, resp: Responses, i: int, t: int) -> tuple[float, float]:
+    if t == len(resp.ids[i]):
+        return resp.rewards[i], 0.0
+    v = gt.value((resp.problem[i], tuple(resp.ids[i][:t])))
+    return v.mean, v.se
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics per setting.
+
+@dataclass
+class Row:
+    label: str
+    estimator: str
+    settings: str
+    samples: int
+    tokens: int
+    samples_per_prompt: float
+    token: CreditMetrics | None  # token level (units of `stride` tokens)
+    segment: CreditMetrics  # its own segments (outcome: the whole response) or tree edges
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["token"] = self.token.as_dict() if self.token else None
+        d["segment"] = self.segment.as_dict()
+        return d
+
+
+def score_estimate(e: Estimate, gt: GroundTruth, resp: Responses, opts: CreditOptions, prompts: int) -> Row:
+    if e.token_advantages is not None:
+        est, true, se, seg_est, seg_true, seg_se = [], [], [], [], [], []
+        for i, row in enumerate(e.token_advantages):
+            units = unit_boundaries(len(row), opts.stride)
+            vs = [_v(gt, resp, i, t) for t in units]
+            a, s = true_advantages([v for v, _ in vs], [x for _, x in vs])
+            est.append(unit_estimates(row, units))
+            true.append(a)
+            se.append(s)
+            b = e.boundaries[i]
+            vs = [_v(gt, resp, i, t) for t in b]
+            a, s = true_advantages([v for v, _ in vs], [x for _, x in vs])
+            seg_est.append([row[t] for t in b[:-1]])
+            seg_true.append(a)
+            seg_se.append(s)
+        wrong = [r < 1.0 for r in resp.rewards]
+        token = credit_metrics(est, true, se, wrong=wrong, z=opts.z)
+        segment = credit_metrics(seg_est, seg_true, seg_se, z=opts.z)
+    else:
+        token = None
+        est, true, se = [], [], []
+        for pi, (tree, adv, rewards) in enumerate(zip(e.trees, e.tree_advantages, e.tree_rewards)):
+            def v(node: int) -> tuple[float, float]:
+                if rewards[node] is not None:
+                    return rewards[node], 0.0
+                x = gt.value((pi, tuple(tree.prefix(node))))
+                return x.mean, x.se
+
+            for n in tree.nodes[1:]:
+                (vc, sc), (vp, sp) = v(n.id), v(n.parent)
+                est.append(adv[n.id])
+                true.append(vc - vp)
+                se.append(math.sqrt(sc * sc + sp * sp))
+        segment = credit_metrics([est], [true], [se], z=opts.z)
+    return Row(e.label, e.estimator, e.settings, e.samples, e.tokens, e.samples / prompts, token, segment)
+
+
+# ---------------------------------------------------------------------------------------
+# The command.
+
+def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    opts = cfg.credit
+    setup = build_setup(cfg)
+    t_setup = time.perf_counter() - t0
+    resp = sample_responses(setup)
+    print(f"[credit] {len(resp.ids)} responses to {len(setup.prompts)} prompts, accuracy "
+          f"{sum(r >= 1.0 for r in resp.rewards) / len(resp.rewards):.3f}", flush=True)
+    t1 = time.perf_counter()
+    estimates = []
+    for index, label in enumerate(opts.estimators, start=1):
+        estimates.append(run_estimator(setup, setting_config(cfg, label), label, index, resp))
+        print(f"[credit] {label}: {estimates[-1].samples} samples, {estimates[-1].tokens} tokens", flush=True)
+    t_est = time.perf_counter() - t1
+    gt = ground_truth(setup, opts, states_needed(resp, estimates, opts.stride))
+    rows = [score_estimate(e, gt, resp, opts, len(setup.prompts)) for e in estimates]
+    wall = time.perf_counter() - t0
+    result = {
+        "config": {"credit": to_dict(opts), "run": cfg.run},
+        "responses": len(resp.ids), "prompts": len(setup.prompts),
+        "accuracy": sum(r >= 1.0 for r in resp.rewards) / len(resp.rewards),
+        "wrong_responses": sum(r < 1.0 for r in resp.rewards),
+        "response_tokens": resp.tokens,
+        "ground_truth": {"k": opts.ground_truth_samples, "stride": opts.stride, "states": gt.states,
+                         "states_sampled_now": gt.computed, "continuations_now": gt.samples,
+                         "tokens_now": gt.tokens, "seconds": gt.seconds, "cache_file": gt.cache_file},
+        "seconds": {"setup": t_setup, "estimators": t_est, "ground_truth": gt.seconds, "wall": wall},
+        "rows": [r.as_dict() for r in rows],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    text = report_markdown(result)
+    write_text_atomic(out / "credit.md", f"# spo credit\n\n{text}")
+    write_text_atomic(out / "credit.json", json.dumps(result, indent=2))
+    plot_credit(result["rows"], out / "credit_vs_samples.png")
+    print(text)
+    return result
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    gt = result["ground_truth"]
+    head = (f"{result['prompts']} prompts x {result['responses'] // result['prompts']} responses "
+            f"(accuracy {result['accuracy']:.3f}, {result['wrong_responses']} wrong), {result['response_tokens']} "
+            f"response tokens. Ground truth: K = {gt['k']} continuations at {gt['states']} states (stride {gt['stride']}; "
+            f"{gt['states_sampled_now']} sampled now, {gt['seconds']:.0f} s). Wall time {result['seconds']['wall']:.0f} s.\n\n")
+    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "token r", "token r ceiling", "token sign", "token MSE",
+            "blame hit", "blame chance", "segment r", "segment sign", "segment MSE", "segments")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        t, s = r["token"] or {}, r["segment"]
+        lines.append("| " + " | ".join([
+            r["label"], r["estimator"], r["settings"], f"{r['samples_per_prompt']:.1f}", f"{r['tokens']:,}",
+            _f(t.get("pearson")), _f(t.get("ceiling")), _f(t.get("sign_agreement")), _f(t.get("mse"), 4),
+            _f(t.get("blame_hit")) + (f" ({t['blame_responses']})" if t else ""), _f(t.get("blame_chance")),
+            _f(s["pearson"]), _f(s["sign_agreement"]), _f(s["mse"], 4), str(s["units"]),
+        ]) + " |")
+    notes = ("\n\ntoken r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
+             "(ceiling: the r that exact advantages would reach against this noisy A*) "
+             "(sign: tokens with |A*| > z SE, a 0 estimate counting 1/2); blame hit: share of wrong responses (with a "
+             "clear drop; their count in brackets) whose most negative advantage is on the token where V* drops most, "
+             "ties shared; chance: the same for a uniformly random token; segment: each estimator's own segments "
+             "(GRPO/RLOO: the whole response, against r - V*(prompt); SPO-tree: its edges) against V*(end) - V*(start).")
+    return head + "\n".join(lines) + notes + "\n"
+
+
+def plot_credit(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Token- and segment-level correlation with A* against samples spent per prompt."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, level, title in ((axes[0], "token", "token level: corr(A, A*)"),
+                             (axes[1], "segment", "segment level: corr(A, V*(end) - V*(start))")):
+        for r in rows:
+            m = r[level]
+            if not m or m["pearson"] is None:
+                continue
+            ax.scatter(r["samples_per_prompt"], m["pearson"], s=40)
+            ax.annotate(r["label"], (r["samples_per_prompt"], m["pearson"]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("samples spent per prompt (responses, tree nodes, MC continuations)")
+        ax.set_ylabel("Pearson r")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
