@@ -139,11 +139,16 @@ def test_resuming_sharded_optimizer_state_needs_the_same_processes(fsdp_out, tmp
     assert "saved by an FSDP run" in capsys.readouterr().err
 
 
-def test_what_fsdp_does_not_run_is_a_config_error():
+def test_what_fsdp_does_not_run_is_a_config_error(monkeypatch):
     from accelerate.utils import DistributedType
 
     from spo.config import ConfigError, build_config
-    from spo.distributed import Dist
+    from spo.distributed import Dist, make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what a DeepSpeed accelerate config sets
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        make_accelerator()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
 
     fake = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), is_main_process=True,
                            distributed_type=DistributedType.FSDP)
