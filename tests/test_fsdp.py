@@ -154,8 +154,8 @@ def test_what_fsdp_does_not_run_is_a_config_error(monkeypatch):
                            distributed_type=DistributedType.FSDP)
     dist = Dist(fake)
     dist.check_supported(build_config({}), trains_another_model=False)
+    dist.check_supported(build_config({}, ["model.lora.enabled=true"]), trains_another_model=False)
     for overrides, trains_another, word in [(["sampling.engine=vllm"], False, "sampling.engine"),
-                                            (["model.lora.enabled=true"], False, "lora"),
                                             ([], True, "critic")]:
         with pytest.raises(ConfigError, match=word):
             dist.check_supported(build_config({}, overrides), trains_another_model=trains_another)
@@ -178,3 +178,33 @@ def test_bf16_with_sharded_master_weights_resumes_equal(tmp_path):
     resumed = plain_weights(final_checkpoint(out / "crashed", 2) / "model")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(tensor, in_memory[name]) and torch.equal(tensor.float(), resumed[name].float()), name
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_saves_the_adapter_and_merged_weights_and_resumes(tmp_path):
+    """LoRA with the base weights sharded: the checkpoint's adapter equals the trained
+    adapter, model/ is the merged plain model, and a resume equals the uninterrupted run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from spo.models import peft_keys
+
+    out = launch_worker(tmp_path, ["iterations=2", "save_every=1", "sampling.max_new_tokens=8", "task.eval_limit=4",
+                                   "model.lora.enabled=true", "model.lora.r=4", "eval.at_end=false"])
+    assert_same_metrics(read_metrics(out / "run"), read_metrics(out / "crashed"))
+    in_memory = torch.load(out / "run-weights.pt")  # peft names: ...q_proj.base_layer.weight, ...lora_A.default.weight
+    ckpt = final_checkpoint(out / "run", 2)
+    adapter = peft_keys(load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
+    resumed = peft_keys(load_file(str(final_checkpoint(out / "crashed", 2) / "adapter" / "adapter_model.safetensors")))
+    assert adapter and all(torch.equal(in_memory[k], v) and torch.equal(resumed[k], v) for k, v in adapter.items())
+    merged = plain_weights(ckpt / "model")
+    assert not any("lora" in k for k in merged)
+    options = json.loads((ckpt / "adapter" / "adapter_config.json").read_text())
+    scale = options["lora_alpha"] / options["r"]
+    for module in ("self_attn.q_proj", "self_attn.v_proj"):
+        live = f"base_model.model.model.layers.0.{module}."
+        a, b = in_memory[live + "lora_A.default.weight"], in_memory[live + "lora_B.default.weight"]
+        assert b.abs().max() > 0  # trained
+        expected = in_memory[live + "base_layer.weight"] + scale * b @ a
+        torch.testing.assert_close(merged[f"model.layers.0.{module}.weight"], expected, rtol=0, atol=1e-6)

@@ -75,9 +75,6 @@ class Dist:
         if cfg.sampling.engine != "hf":
             raise ConfigError(f"sampling.engine={cfg.sampling.engine} under FSDP: only the HF engine samples from a "
                               "sharded policy; use sampling.engine=hf, or DDP (docs/distributed.md)")
-        if cfg.model.lora.enabled:
-            raise ConfigError("model.lora.enabled=true under FSDP is not supported; LoRA trains few weights: "
-                              "use DDP (docs/distributed.md)")
         if trains_another_model:
             raise ConfigError(f"algorithm.estimator={cfg.algorithm.estimator} trains a model besides the policy "
                               "(a critic), which spo does not shard; use DDP (docs/distributed.md)")
@@ -152,14 +149,15 @@ class Dist:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def load_full_state_dict(self, model, state: dict[str, torch.Tensor]) -> None:
-        """Load a whole state dict (every process passes the same one) into `model`."""
+    def load_full_state_dict(self, model, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load a whole state dict (every process passes the same one) into `model`;
+        `strict=False`: only some of its tensors (a LoRA adapter)."""
         if not self.is_fsdp:
-            model.load_state_dict(state)
+            model.load_state_dict(state, strict=strict)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
 
     def unwrap(self, model):
         return self.acc.unwrap_model(model)

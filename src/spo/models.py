@@ -581,6 +581,30 @@ def plain_copy(model):
     return copy.deepcopy(model).merge_and_unload() if is_lora(model) else copy.deepcopy(model)
 
 
+def lora_copy_from_state(model, state_dict: dict[str, torch.Tensor]):
+    """A CPU peft model like `model` (a LoRA model, e.g. sharded by FSDP) holding
+    `state_dict`, the whole state dict of `model`: built on the meta device, then given the
+    tensors of `state_dict`; it can be saved (adapter, merged weights), `model` is untouched."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(model.get_base_model().config)
+    copy_ = get_peft_model(base, copy.deepcopy(model.peft_config[model.active_adapter]))
+    copy_.load_state_dict(state_dict, assign=True)
+    return copy_
+
+
+def peft_keys(adapter_state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """An adapter file's keys (`...q_proj.lora_A.weight`) as the live peft model names them
+    (`...q_proj.lora_A.default.weight`), for loading through a generic state-dict loader."""
+    out = {}
+    for key, value in adapter_state.items():
+        module, _, leaf = key.rpartition(".")
+        out[f"{module}.{adapter_name}.{leaf}" if module.rpartition(".")[2].startswith("lora_") else key] = value
+    return out
+
+
 def save_hf_model(model, folder: str | os.PathLike, tokenizer=None, state_dict=None) -> None:
     """Save `model` as a plain Hugging Face folder that ``from_pretrained`` loads (a LoRA
     model as merged weights, from a copy), with `tokenizer` in the same folder when given.

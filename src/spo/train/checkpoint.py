@@ -40,7 +40,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from spo.config import ConfigError
-from spo.models import is_lora, save_hf_model
+from spo.models import is_lora, lora_copy_from_state, peft_keys, save_hf_model
 from spo.train.faults import disk_full_is_fatal, kill_point
 from spo.train.run_log import METRICS_FILE
 
@@ -222,6 +222,8 @@ def save_training_state(staged: Path, *, model, tokenizer, optimizer, scheduler,
     """Model (LoRA: adapter for resuming + merged weights to load), optimizer (None: saved
     elsewhere, per process) and scheduler. `model_state`: the model's whole state dict when
     the model holds only a shard of it (FSDP)."""
+    if is_lora(model) and model_state is not None:  # a sharded LoRA model: save from a whole CPU copy
+        model, model_state = lora_copy_from_state(model, model_state), None
     if is_lora(model):
         model.save_pretrained(staged / "adapter")
     save_hf_model(model, staged / "model", tokenizer, state_dict=model_state)
@@ -287,7 +289,11 @@ def load_training_state(path: Path, *, model, optimizer, scheduler, rank: int = 
     if is_lora(model):
         from peft import set_peft_model_state_dict  # peft is imported only for LoRA runs (slow to import)
 
-        set_peft_model_state_dict(model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+        adapter = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        if dist is not None and dist.is_fsdp:
+            dist.load_full_state_dict(model, peft_keys(adapter, model.active_adapter), strict=False)
+        else:
+            set_peft_model_state_dict(model, adapter)
     else:
         loaded = AutoModelForCausalLM.from_pretrained(path / "model", dtype=next(model.parameters()).dtype)
         if dist is not None:
