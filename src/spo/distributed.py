@@ -134,11 +134,11 @@ class Dist:
             m.unshard()
         try:
             yield model
-        finally:
-            reshard = self.acc.state.fsdp_plugin.reshard_after_forward
+        finally:  # back to how fully_shard set them: the config's value, the root never (torch's default)
+            reshard = bool(self.acc.state.fsdp_plugin.reshard_after_forward)
             for m in sharded:
                 m.reshard()
-                m.set_reshard_after_forward(bool(reshard), recurse=False)
+                m.set_reshard_after_forward(reshard and m is not model, recurse=False)
 
     def full_state_dict(self, model) -> dict[str, torch.Tensor]:
         """`model`'s whole state dict, on the CPU, on the main process (other processes: {}
