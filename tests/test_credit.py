@@ -10,6 +10,7 @@ import random
 import pytest
 
 from spo.evaluate.credit import (
+    blame,
     blame_hit,
     correlation_ceiling,
     credit_metrics,
@@ -134,6 +135,8 @@ def test_blame_hit_with_ties():
     assert blame_hit([-0.5, -0.5, 0.0, 0.0], true) == (0.5, 0.25)  # half its blame on the drop
     assert blame_hit([0.0, 0.0, -1.0, 0.0], true) == (0.0, 0.25)
     assert blame_hit([0.0, 1.0], [-0.5, -0.5]) == (1.0, 1.0)  # drop tied over both units
+    assert blame([-0.5, -0.5, 0.0, 0.0], true) == (0.5, 0.25, True, 0.5)
+    assert blame([0.0, 0.0, -1.0, 0.0], true) == (0.0, 0.25, False, 0.25)
 
 
 def test_credit_metrics_pools_units_and_scores_blame_on_clear_wrong_responses():
@@ -150,6 +153,7 @@ def test_credit_metrics_pools_units_and_scores_blame_on_clear_wrong_responses():
     assert (m.sign_agreement, m.sign_units) == (1.0, 3)  # 0.3, 0.2 and -0.8 are clear
     # response 3's drop (-0.01) is within noise: only response 2 is scored for blame
     assert (m.blame_hit, m.blame_chance, m.blame_responses) == (1.0, pytest.approx(1 / 3), 1)
+    assert (m.blame_covers, m.blame_share) == (1.0, pytest.approx(1 / 3))
     with pytest.raises(ValueError):
         credit_metrics([[1.0]], [[1.0, 2.0]], [[0.0, 0.0]])
 

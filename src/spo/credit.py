@@ -394,6 +394,18 @@ def states_needed(resp: Responses, estimates: list[Estimate], stride: int) -> li
     return list(seen)
 
 
+def response_details(setup: Setup, resp: Responses, gt: GroundTruth, stride: int) -> list[dict[str, Any]]:
+    """Every response with its ground truth: text, reward, V* and SE at its scored boundaries."""
+    out = []
+    for i, ids in enumerate(resp.ids):
+        units = unit_boundaries(len(ids), stride)
+        vs = [_v(gt, resp, i, t) for t in units]
+        out.append({"problem": resp.problem[i], "reward": resp.rewards[i], "boundaries": units,
+                    "tokens": setup.tokenizer.batch_decode([[t] for t in ids]),
+                    "v": [round(v, 4) for v, _ in vs], "se": [round(x, 4) for _, x in vs]})
+    return out
+
+
 def _v(gt: GroundTruth, resp: Responses, i: int, t: int) -> tuple[float, float]:
     if t == len(resp.ids[i]):
         return resp.rewards[i], 0.0
@@ -491,6 +503,7 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
                          "tokens_now": gt.tokens, "seconds": gt.seconds, "cache_file": gt.cache_file},
         "seconds": {"setup": t_setup, "estimators": t_est, "ground_truth": gt.seconds, "wall": wall},
         "rows": [r.as_dict() for r in rows],
+        "responses_detail": response_details(setup, resp, gt, opts.stride),
     }
     out.mkdir(parents=True, exist_ok=True)
     text = report_markdown(result)
@@ -512,7 +525,7 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"response tokens. Ground truth: K = {gt['k']} continuations at {gt['states']} states (stride {gt['stride']}; "
             f"{gt['states_sampled_now']} sampled now, {gt['seconds']:.0f} s). Wall time {result['seconds']['wall']:.0f} s.\n\n")
     cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "token r", "token r ceiling", "token sign", "token MSE",
-            "blame hit", "blame chance", "segment r", "segment sign", "segment MSE", "segments")
+            "blame hit", "blame chance", "blame covers (share)", "segment r", "segment sign", "segment MSE", "segments")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         t, s = r["token"] or {}, r["segment"]
@@ -520,13 +533,15 @@ def report_markdown(result: dict[str, Any]) -> str:
             r["label"], r["estimator"], r["settings"], f"{r['samples_per_prompt']:.1f}", f"{r['tokens']:,}",
             _f(t.get("pearson")), _f(t.get("ceiling")), _f(t.get("sign_agreement")), _f(t.get("mse"), 4),
             _f(t.get("blame_hit")) + (f" ({t['blame_responses']})" if t else ""), _f(t.get("blame_chance")),
+            _f(t.get("blame_covers"), 2) + (f" ({_f(t.get('blame_share'), 2)})" if t else ""),
             _f(s["pearson"]), _f(s["sign_agreement"]), _f(s["mse"], 4), str(s["units"]),
         ]) + " |")
     notes = ("\n\ntoken r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
              "(ceiling: the r that exact advantages would reach against this noisy A*) "
              "(sign: tokens with |A*| > z SE, a 0 estimate counting 1/2); blame hit: share of wrong responses (with a "
              "clear drop; their count in brackets) whose most negative advantage is on the token where V* drops most, "
-             "ties shared; chance: the same for a uniformly random token; segment: each estimator's own segments "
+             "ties shared; chance: the same for a uniformly random token; covers: share of them whose most negative "
+             "tokens include that token at all (share: mean fraction of the response among its most negative tokens); segment: each estimator's own segments "
              "(GRPO/RLOO: the whole response, against r - V*(prompt); SPO-tree: its edges) against V*(end) - V*(start).")
     return head + "\n".join(lines) + notes + "\n"
 

@@ -31,6 +31,10 @@ Metrics, pooled over all units of all responses:
                   estimate ties all units). hit = |M & D| / |M|, the chance that a pick
                   uniform over M lands in D; chance = |D| / J, the same for a pick uniform
                   over all units. Only responses whose drop is clear (min A* < -z SE) count.
+                  Beside it: covers, the share of those responses whose M contains the
+                  drop at all, and blamed, the mean share |M| / J of units M holds (a
+                  segment estimator that finds the right 10-token segment covers the
+                  drop but hits it only 1/10).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Sequence
 
 __all__ = [
     "CreditMetrics",
+    "blame",
     "blame_hit",
     "correlation_ceiling",
     "credit_metrics",
@@ -140,10 +145,16 @@ def _argmin_set(xs: Sequence[float]) -> set[int]:
 
 def blame_hit(est: Sequence[float], true: Sequence[float]) -> tuple[float, float]:
     """(hit, chance) for one response's units; see the module docstring."""
+    hit, chance, _, _ = blame(est, true)
+    return hit, chance
+
+
+def blame(est: Sequence[float], true: Sequence[float]) -> tuple[float, float, bool, float]:
+    """(hit, chance, covers, blamed share) for one response's units (module docstring)."""
     if len(est) != len(true) or not est:
         raise ValueError(f"need as many estimates as units (> 0), got {len(est)} and {len(true)}")
     drop, blamed = _argmin_set(true), _argmin_set(est)
-    return len(blamed & drop) / len(blamed), len(drop) / len(true)
+    return len(blamed & drop) / len(blamed), len(drop) / len(true), bool(blamed & drop), len(blamed) / len(true)
 
 
 @dataclass
@@ -157,6 +168,8 @@ class CreditMetrics:
     blame_hit: float | None = None  # mean over wrong responses with a clear drop
     blame_chance: float | None = None
     blame_responses: int = 0
+    blame_covers: float | None = None  # share whose most blamed units include the drop
+    blame_share: float | None = None  # mean share of units among the most blamed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -179,17 +192,17 @@ def credit_metrics(est: Sequence[Sequence[float]], true: Sequence[Sequence[float
     out = CreditMetrics(units=len(fe), pearson=pearson(fe, ft),
                         ceiling=correlation_ceiling(ft, fs), sign_agreement=agree, sign_units=n_sign, mse=mse)
     if wrong is not None:
-        hits, chances = [], []
+        scored = []
         for e, t, s, w in zip(est, true, se, wrong):
             if not w or not t:
                 continue
             j = min(range(len(t)), key=t.__getitem__)
             if t[j] >= -z * s[j]:  # no clear drop
                 continue
-            h, c = blame_hit(e, t)
-            hits.append(h)
-            chances.append(c)
-        if hits:
-            out.blame_hit, out.blame_chance = sum(hits) / len(hits), sum(chances) / len(chances)
-        out.blame_responses = len(hits)
+            scored.append(blame(e, t))
+        if scored:
+            n = len(scored)
+            out.blame_hit, out.blame_chance, out.blame_covers, out.blame_share = (
+                sum(float(x[k]) for x in scored) / n for k in range(4))
+        out.blame_responses = len(scored)
     return out
