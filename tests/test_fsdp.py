@@ -155,7 +155,8 @@ def test_what_fsdp_does_not_run_is_a_config_error(monkeypatch):
     dist = Dist(fake)
     dist.check_supported(build_config({}), trains_another_model=False)
     dist.check_supported(build_config({}, ["model.lora.enabled=true"]), trains_another_model=False)
-    for overrides, trains_another, word in [(["sampling.engine=vllm"], False, "sampling.engine"),
+    dist.check_supported(build_config({}, ["sampling.engine=vllm"]), trains_another_model=False)
+    for overrides, trains_another, word in [(["sampling.engine=vllm", "model.lora.enabled=true"], False, "lora"),
                                             ([], True, "critic")]:
         with pytest.raises(ConfigError, match=word):
             dist.check_supported(build_config({}, overrides), trains_another_model=trains_another)

@@ -514,3 +514,24 @@ def test_two_process_accelerate_run_with_an_engine_per_process(tmp_path):
     assert (latest_checkpoint(out) / "rng_rank1.pt").is_file()
     assert proc.stderr.count("weights synced") == 6  # 2 processes x (first generate + 2 updates)
     _check_sampled_by_the_synced_policy(out, 2)
+
+
+@needs_vllm
+def test_fsdp_run_pushes_whole_weights_into_each_engine(tmp_path):
+    """FSDP2 on 2 CPU processes (gloo): the policy is sharded, and each process's engine
+    receives the whole weights (gathered from the shards) after every update."""
+    import subprocess
+    import sys
+
+    from spo.train.run_log import read_metrics
+
+    out = tmp_path / "fsdp"
+    root = Path(__file__).parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "configs" / "accelerate" / "fsdp-cpu.yaml"), "-m", "spo.cli", "train",
+           "--config", "smoke", "--output-dir", str(out), *SMOKE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r["episodes"] for r in read_metrics(out)] == [16, 16]
+    assert proc.stderr.count("weights synced") == 6  # 2 processes x (first generate + 2 updates)
+    _check_sampled_by_the_synced_policy(out, 2)

@@ -72,9 +72,9 @@ class Dist:
         """ConfigError for what spo does not run sharded (a clear error before any loading)."""
         if not self.is_fsdp:
             return
-        if cfg.sampling.engine != "hf":
-            raise ConfigError(f"sampling.engine={cfg.sampling.engine} under FSDP: only the HF engine samples from a "
-                              "sharded policy; use sampling.engine=hf, or DDP (docs/distributed.md)")
+        if cfg.sampling.engine == "vllm" and cfg.model.lora.enabled:
+            raise ConfigError("sampling.engine=vllm with model.lora.enabled under FSDP: the LoRA merge before each "
+                              "weight push is not sharded; use sampling.engine=hf, or DDP (docs/distributed.md)")
         if trains_another_model:
             raise ConfigError(f"algorithm.estimator={cfg.algorithm.estimator} trains a model besides the policy "
                               "(a critic), which spo does not shard; use DDP (docs/distributed.md)")

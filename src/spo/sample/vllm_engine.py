@@ -383,7 +383,7 @@ class VLLMEngine:
         """Push the policy's current weights into the engine and empty its prefix cache."""
         t0 = time.perf_counter()
         source = plain_copy(self.model) if is_lora(self.model) else self.model
-        state = source.state_dict()
+        state = {name: _whole(t) for name, t in source.state_dict().items()}
         if self._asleep:  # weights' memory first, the KV cache after the push: a lower peak
             self.llm.wake_up(tags=["weights"])
         with torch.no_grad():
@@ -574,6 +574,13 @@ class VLLMEngine:
         logprobs = [values[k] - norms[k] for k in range(len(toks))]
         out[i][j] = Rollout(list(context), list(toks), logprobs, reason)
         stats.new_tokens += len(toks)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) tensor gathered whole; others as they are. Gathering is a collective:
+    under FSDP every process syncs its own engine at the same point of the loop."""
+    full = getattr(tensor, "full_tensor", None)  # a DTensor
+    return full() if full is not None else tensor
 
 
 def _sampled_values(logprobs, token_ids: list[int]) -> list[float]:
