@@ -12,6 +12,7 @@ import pytest
 from spo.evaluate.credit import (
     blame,
     blame_hit,
+    bootstrap_differences,
     correlation_ceiling,
     credit_metrics,
     mean_and_se,
@@ -191,6 +192,7 @@ def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
     assert rows["spo_tree"]["token"] is None and rows["spo_tree"]["samples"] == 2 * (2 + 4)
     assert rows["spo_tree"]["segment"]["units"] == 2 * (2 + 4)  # every edge of both trees
     assert rows["grpo"]["token"]["units"] >= result["response_tokens"] / 2  # stride 2
+    assert result["bootstrap"]["baseline"] == "grpo" and set(result["bootstrap"]["intervals"]) == set(rows) - {"spo_tree"}
     gt = result["ground_truth"]
     assert gt["states"] > 0 and gt["states_sampled_now"] == gt["states"]
     # a second run takes every value from the cache
@@ -220,3 +222,29 @@ def test_spo_credit_missing_preset_exits_2(capsys):
 
     assert main(["credit", "--config", "no-such-preset"]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_bootstrap_differences_are_paired_and_cover_the_truth():
+    rng = random.Random(1)
+    true, se, clusters, wrong = [], [], [], []
+    for c in range(12):  # 12 prompts x 3 responses of 5 units
+        for _ in range(3):
+            row = [rng.gauss(0, 1) for _ in range(5)]
+            true.append(row)
+            se.append([0.1] * 5)
+            clusters.append(c)
+            wrong.append(True)
+    exact = [list(r) for r in true]
+    noisy = [[x + rng.gauss(0, 1) for x in r] for r in true]
+    flat = [[sum(r) / 5] * 5 for r in true]
+    out = bootstrap_differences({"flat": flat, "exact": exact, "noisy": noisy}, true, se, clusters, wrong,
+                                baseline="flat", resamples=100, seed=0)
+    assert out["exact"]["pearson"] == (pytest.approx(1.0), pytest.approx(1.0))
+    assert out["flat"]["pearson_minus_baseline"] == (0.0, 0.0)  # paired: the baseline minus itself
+    lo, hi = out["exact"]["pearson_minus_baseline"]
+    assert 0 < lo <= hi  # exact advantages beat a per-response constant on every resample
+    assert out["exact"]["blame_hit"] == (1.0, 1.0)
+    lo, hi = out["noisy"]["pearson"]
+    assert lo < pearson([x for r in noisy for x in r], [x for r in true for x in r]) < hi
+    with pytest.raises(ValueError):
+        bootstrap_differences({"a": flat}, true, se, clusters, wrong, baseline="b")

@@ -49,7 +49,13 @@ from spo.estimate.chain_values import estimate_chain_values
 from spo.estimate.registry import EstimatorInputs, get_estimator
 from spo.estimate.segment import spo_chain
 from spo.estimate.tree import edge_advantages, node_values
-from spo.evaluate.credit import CreditMetrics, credit_metrics, true_advantages, unit_estimates
+from spo.evaluate.credit import (
+    CreditMetrics,
+    bootstrap_differences,
+    credit_metrics,
+    true_advantages,
+    unit_estimates,
+)
 from spo.evaluate.ground_truth import PrefixValue, prefix_values
 from spo.optimize.update import pad_rows
 from spo.partition.segments import partition_response
@@ -91,6 +97,11 @@ class CreditOptions:
     """Ground-truth states per engine call (the cache is saved after each)."""
     cache: bool = True
     """Read and write the ground-truth cache ($SPO_CACHE_DIR/credit/)."""
+    bootstrap: int = 200
+    """Resamples of the paired bootstrap over prompts (95% intervals of the token-level
+    metrics and of their differences to GRPO); 0 skips it."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap's resampling."""
 
 
 @dataclass
@@ -434,16 +445,24 @@ class Row:
         return d
 
 
+def token_units(e: Estimate, gt: GroundTruth, resp: Responses, stride: int) -> tuple[list, list, list]:
+    """Per response: the estimator's value of each unit, A* and SE(A*)."""
+    est, true, se = [], [], []
+    for i, row in enumerate(e.token_advantages):
+        units = unit_boundaries(len(row), stride)
+        vs = [_v(gt, resp, i, t) for t in units]
+        a, s = true_advantages([v for v, _ in vs], [x for _, x in vs])
+        est.append(unit_estimates(row, units))
+        true.append(a)
+        se.append(s)
+    return est, true, se
+
+
 def score_estimate(e: Estimate, gt: GroundTruth, resp: Responses, opts: CreditOptions, prompts: int) -> Row:
     if e.token_advantages is not None:
-        est, true, se, seg_est, seg_true, seg_se = [], [], [], [], [], []
+        est, true, se = token_units(e, gt, resp, opts.stride)
+        seg_est, seg_true, seg_se = [], [], []
         for i, row in enumerate(e.token_advantages):
-            units = unit_boundaries(len(row), opts.stride)
-            vs = [_v(gt, resp, i, t) for t in units]
-            a, s = true_advantages([v for v, _ in vs], [x for _, x in vs])
-            est.append(unit_estimates(row, units))
-            true.append(a)
-            se.append(s)
             b = e.boundaries[i]
             vs = [_v(gt, resp, i, t) for t in b]
             a, s = true_advantages([v for v, _ in vs], [x for _, x in vs])
@@ -491,6 +510,7 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
     t_est = time.perf_counter() - t1
     gt = ground_truth(setup, opts, states_needed(resp, estimates, opts.stride))
     rows = [score_estimate(e, gt, resp, opts, len(setup.prompts)) for e in estimates]
+    intervals = paired_intervals(estimates, gt, resp, opts)
     wall = time.perf_counter() - t0
     result = {
         "config": {"credit": to_dict(opts), "run": cfg.run},
@@ -503,6 +523,7 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
                          "tokens_now": gt.tokens, "seconds": gt.seconds, "cache_file": gt.cache_file},
         "seconds": {"setup": t_setup, "estimators": t_est, "ground_truth": gt.seconds, "wall": wall},
         "rows": [r.as_dict() for r in rows],
+        "bootstrap": intervals,
         "responses_detail": response_details(setup, resp, gt, opts.stride),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -516,6 +537,22 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
 
 def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def paired_intervals(estimates: list[Estimate], gt: GroundTruth, resp: Responses,
+                     opts: CreditOptions) -> dict[str, Any] | None:
+    """Paired bootstrap over prompts of the token-level metrics and their differences to the
+    first GRPO setting (else the first token-level one); None when `credit.bootstrap` is 0."""
+    token_level = [e for e in estimates if e.token_advantages is not None]
+    if not opts.bootstrap or not token_level:
+        return None
+    baseline = next((e for e in token_level if e.estimator == "grpo"), token_level[0]).label
+    rows = {e.label: token_units(e, gt, resp, opts.stride) for e in token_level}
+    _, true, se = rows[baseline]
+    out = bootstrap_differences({label: est for label, (est, _, _) in rows.items()}, true, se, resp.problem,
+                                [r < 1.0 for r in resp.rewards], baseline=baseline, resamples=opts.bootstrap,
+                                seed=opts.bootstrap_seed, z=opts.z)
+    return {"baseline": baseline, "resamples": opts.bootstrap, "level": 0.95, "intervals": out}
 
 
 def report_markdown(result: dict[str, Any]) -> str:
@@ -543,7 +580,23 @@ def report_markdown(result: dict[str, Any]) -> str:
              "ties shared; chance: the same for a uniformly random token; covers: share of them whose most negative "
              "tokens include that token at all (share: mean fraction of the response among its most negative tokens); segment: each estimator's own segments "
              "(GRPO/RLOO: the whole response, against r - V*(prompt); SPO-tree: its edges) against V*(end) - V*(start).")
+    boot = result.get("bootstrap")
+    if boot:
+        base = boot["baseline"]
+        lines2 = ["", "", f"Paired bootstrap over prompts ({boot['resamples']} resamples, 95% intervals): each metric and "
+                  f"its difference to {base} on the same resampled prompts.", "",
+                  f"| setting | token r | token r - {base} | token sign | token sign - {base} | blame hit | "
+                  f"blame hit - {base} |", "|---|---|---|---|---|---|---|"]
+        for label, iv in boot["intervals"].items():
+            cells = [_iv(iv[k]) for k in ("pearson", "pearson_minus_baseline", "sign_agreement",
+                                          "sign_agreement_minus_baseline", "blame_hit", "blame_hit_minus_baseline")]
+            lines2.append(f"| {label} | " + " | ".join(cells) + " |")
+        notes += "\n".join(lines2)
     return head + "\n".join(lines) + notes + "\n"
+
+
+def _iv(x: list[float] | tuple[float, float] | None) -> str:
+    return "-" if x is None else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
 
 
 def plot_credit(rows: list[dict[str, Any]], path: Path) -> Path | None:

@@ -47,6 +47,7 @@ __all__ = [
     "CreditMetrics",
     "blame",
     "blame_hit",
+    "bootstrap_differences",
     "correlation_ceiling",
     "credit_metrics",
     "mean_and_se",
@@ -206,3 +207,44 @@ def credit_metrics(est: Sequence[Sequence[float]], true: Sequence[Sequence[float
                 sum(float(x[k]) for x in scored) / n for k in range(4))
         out.blame_responses = len(scored)
     return out
+
+
+def bootstrap_differences(estimates: dict[str, Sequence[Sequence[float]]], true: Sequence[Sequence[float]],
+                          se: Sequence[Sequence[float]], clusters: Sequence[int], wrong: Sequence[bool], *,
+                          baseline: str, resamples: int = 200, seed: int = 0, level: float = 0.95,
+                          z: float = 2.0) -> dict[str, dict[str, tuple[float, float] | None]]:
+    """Paired cluster bootstrap of token-level metrics: resample the clusters (prompts)
+    with replacement, score every estimator on the same resample, and give per estimator
+    the `level` percentile interval of each metric and of its difference to `baseline`
+    (keys `pearson`, `sign_agreement`, `blame_hit`, and `<metric>_minus_baseline`).
+    An interval is None when the metric is undefined on some resample."""
+    import random
+
+    if baseline not in estimates:
+        raise ValueError(f"baseline {baseline!r} is not among the estimates")
+    ids = sorted(set(clusters))
+    members = {c: [i for i, k in enumerate(clusters) if k == c] for c in ids}
+    rng = random.Random(seed)
+    keys = ("pearson", "sign_agreement", "blame_hit")
+    draws: dict[str, dict[str, list[float | None]]] = {
+        label: {k: [] for k in (*keys, *(f"{k}_minus_baseline" for k in keys))} for label in estimates}
+    for _ in range(resamples):
+        rows = [i for c in rng.choices(ids, k=len(ids)) for i in members[c]]
+        pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
+        scored = {label: credit_metrics(pick(e), pick(true), pick(se), wrong=pick(wrong), z=z)
+                  for label, e in estimates.items()}
+        base = scored[baseline]
+        for label, m in scored.items():
+            for k in keys:
+                v, b = getattr(m, k), getattr(base, k)
+                draws[label][k].append(v)
+                draws[label][f"{k}_minus_baseline"].append(None if v is None or b is None else v - b)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def interval(xs: list[float | None]) -> tuple[float, float] | None:
+        if not xs or any(x is None for x in xs):
+            return None
+        s = sorted(xs)
+        return s[int(lo_q * (len(s) - 1))], s[int(round(hi_q * (len(s) - 1)))]
+
+    return {label: {k: interval(v) for k, v in d.items()} for label, d in draws.items()}
