@@ -185,7 +185,9 @@ def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
     assert (out / "credit.md").read_text().startswith("# spo credit")
     assert (out / "credit_vs_samples.png").is_file()
     rows = {r["label"]: r for r in result["rows"]}
-    assert list(rows) == ["grpo", "rloo", "spo_chain N=2", "vineppo N=2", "spo_tree"]
+    assert list(rows) == ["grpo", "rloo", "spo_chain N=2", "vineppo N=2", "spo_tree", "ppo"]
+    assert rows["ppo"]["samples"] == 2 * 4 + 2 * 2 * 4  # the responses + its critic's 2 iterations of 2 prompts x 4
+    assert rows["ppo"]["token"]["units"] == rows["grpo"]["token"]["units"]
     n = result["responses"]
     assert n == 2 * 4 and rows["grpo"]["samples"] == n and rows["grpo"]["tokens"] == result["response_tokens"]
     assert rows["spo_chain N=2"]["samples"] >= n and rows["spo_chain N=2"]["tokens"] >= result["response_tokens"]
@@ -204,8 +206,7 @@ def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overrides, message", [
     (["credit.prompts=0"], "credit.prompts"),
-    (["credit.estimators={ppo: [algorithm.estimator=ppo]}"], "ppo is left out"),
-    (["credit.estimators={x: [sampling.group_size=2]}"], "only algorithm.*"),
+    (["credit.estimators={x: [sampling.group_size=2]}"], "only algorithm.*, critic.* and iterations="),
     (["credit.estimators={x: [algorithm.estimator=nope]}"], "credit.estimators"),
     (["credit.bogus=1"], "bogus"),
 ])

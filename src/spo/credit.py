@@ -68,7 +68,7 @@ log = logging.getLogger("spo.credit")
 
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
-SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree")
+SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo")
 SALT_TRUTH = 23  # the ground truth's continuations: a stream no estimator uses
 
 
@@ -81,7 +81,9 @@ class CreditOptions:
         "spo_tree": ["algorithm.estimator=spo_tree"],
     })
     """Setting label -> `algorithm.*` overrides of `run` (grpo, rloo, reinforce, spo_chain,
-    vineppo, spo_tree). All settings share the responses, so only `algorithm.*` may differ."""
+    vineppo, spo_tree, ppo). All settings share the responses, so only `algorithm.*` may
+    differ, and for ppo `critic.*` and `iterations=` (how many PPO iterations train its
+    critic on training prompts, the policy frozen, before it scores the responses)."""
     prompts: int = 16
     """How many problems (the first of `split`); each gets `run.sampling.group_size` responses."""
     split: Literal["train", "eval"] = "eval"
@@ -131,17 +133,15 @@ def load_credit_config(path: str | Path, overrides: list[str] = ()) -> CreditCon
 def setting_config(cfg: CreditConfig, label: str) -> RunConfig:
     """The shared run config + the setting's `algorithm.*` overrides."""
     overrides = cfg.credit.estimators[label]
-    bad = [o for o in overrides if not o.strip().startswith("algorithm.")]
+    bad = [o for o in overrides if not o.strip().startswith(("algorithm.", "critic.", "iterations="))]
     if bad:
-        raise ConfigError(f"credit.estimators[{label!r}]: only algorithm.* overrides (the responses are shared), got {bad}")
+        raise ConfigError(f"credit.estimators[{label!r}]: only algorithm.*, critic.* and iterations= overrides (the "
+                          f"responses are shared), got {bad}")
     try:
         rc = build_config(cfg.run, list(overrides))
     except ConfigError as err:
         raise ConfigError(f"credit.estimators[{label!r}]: {err}") from None
     name = rc.algorithm.estimator
-    if name == "ppo":
-        raise ConfigError(f"credit.estimators[{label!r}]: ppo is left out: its advantages come from a critic, and an "
-                          "untrained critic says nothing about credit (docs/credit.md)")
     if name not in SUPPORTED:
         raise ConfigError(f"credit.estimators[{label!r}]: estimator {name!r} is not measured; known: {', '.join(SUPPORTED)}")
     return rc
@@ -159,6 +159,7 @@ class Setup:
     model: Any
     engine: Any
     prompts: list[list[int]]
+    critics: dict = field(default_factory=dict)  # PPO critics trained so far, by their training settings
 
     def params(self, seed: int) -> SamplingParams:
         s = self.cfg.sampling
@@ -276,6 +277,8 @@ def run_estimator(setup: Setup, rc: RunConfig, label: str, index: int, resp: Res
         settings = f"N={a.mc_samples}, {part}, V(0)={a.start_value}"
         return Estimate(label, name, settings, len(resp.ids) + chain.states * a.mc_samples,
                         resp.tokens + chain.continuation_tokens, _rows(adv, resp.ids), bounds)
+    if name == "ppo":
+        return run_ppo(setup, rc, label, resp)
     # spo_tree
     trees = sample_trees(setup.engine, setup.prompts, setup.params(derive_seed(rc.seed, index, 0, SALT_SAMPLE)),
                          a.tree_branching, a.segment_length)
@@ -293,6 +296,47 @@ def run_estimator(setup: Setup, rc: RunConfig, label: str, index: int, resp: Res
         est.tree_values.append(values)
         est.tree_advantages.append(edge_advantages(parents, values, sibling_std=a.sibling_std))
     return est
+
+
+def run_ppo(setup: Setup, rc: RunConfig, label: str, resp: Responses) -> Estimate:
+    """PPO's advantages A_t (GAE over its critic's values) after its critic is trained the
+    way PPO trains it (`PPO.collect`: G responses to `sampling.prompts_per_iteration`
+    training prompts per iteration, values, GAE, clipped value regression) for
+    `iterations` iterations, the policy frozen (a best case for the critic: in training it
+    chases a moving policy). Spent: those samples plus the shared responses (counted for
+    every setting that uses the critic)."""
+    from spo.algorithms.base import Context, Response
+    from spo.algorithms.ppo import PPO
+    from spo.distributed import Dist, make_accelerator
+    from spo.estimate.gae import gae_advantages
+    from spo.train.progress import Progress
+
+    c, a = rc.critic, rc.algorithm
+    key = (rc.iterations, rc.seed, c.lr, c.weight_decay, c.grad_clip, c.value_clip, a.epochs, a.mini_batch_size,
+           a.micro_batch_size, a.old_logprobs, rc.sampling.prompts_per_iteration, rc.task.train_limit)
+    if key not in setup.critics:  # settings that differ only in GAE's gamma and lambda share one critic
+        train = setup.task.problems("train", rc.task.train_limit)
+        ctx = Context(rc, setup.engine, setup.tokenizer, setup.task, train, setup.model, Dist(make_accelerator()),
+                      setup.tokenizer.pad_token_id)
+        ppo = PPO(ctx)
+        progress = Progress(enabled=False, quiet=True)
+        samples = tokens = 0
+        for iteration in range(rc.iterations):
+            batch = ppo.collect(iteration, progress)
+            samples += batch.sequences_generated
+            tokens += batch.tokens_generated
+        setup.critics[key] = (ppo, samples, tokens)
+    ppo, samples, tokens = setup.critics[key]
+    responses = [Response(problem_index=p, group_id=p, prompt_ids=setup.prompts[p], response_ids=ids, logprobs=lp,
+                          finish_reason="length" if cut else "eos", reward=r)
+                 for p, ids, lp, cut, r in zip(resp.problem, resp.ids, resp.logprobs, resp.truncated, resp.rewards)]
+    inputs = _inputs(resp)
+    adv, _ = gae_advantages(inputs.rewards, ppo.values(responses), inputs.response_mask, gamma=rc.critic.gamma,
+                            lam=rc.critic.lam)
+    settings = (f"critic after {rc.iterations} it x {rc.sampling.prompts_per_iteration}x{rc.sampling.group_size}, "
+                f"lr {rc.critic.lr:g}, lambda {rc.critic.lam:g}")
+    return Estimate(label, "ppo", settings, len(resp.ids) + samples, resp.tokens + tokens, _rows(adv, resp.ids),
+                    [[0, len(r)] for r in resp.ids])
 
 
 # ---------------------------------------------------------------------------------------
@@ -609,13 +653,19 @@ def plot_credit(rows: list[dict[str, Any]], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    families = list(dict.fromkeys(r["estimator"] for r in rows))
+    colors = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
     for ax, level, title in ((axes[0], "token", "token level: corr(A, A*)"),
                              (axes[1], "segment", "segment level: corr(A, V*(end) - V*(start))")):
+        shown = set()
         for r in rows:
             m = r[level]
             if not m or m["pearson"] is None:
                 continue
-            ax.scatter(r["samples_per_prompt"], m["pearson"], s=40)
+            f = r["estimator"]
+            ax.scatter(r["samples_per_prompt"], m["pearson"], s=40, color=colors[f],
+                       label=None if f in shown else f)
+            shown.add(f)
             ax.annotate(r["label"], (r["samples_per_prompt"], m["pearson"]), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
         ax.set_xscale("log")
@@ -623,6 +673,8 @@ def plot_credit(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_ylabel("Pearson r")
         ax.set_title(title)
         ax.grid(alpha=0.3)
+        if shown:
+            ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
