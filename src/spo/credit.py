@@ -303,8 +303,9 @@ def run_ppo(setup: Setup, rc: RunConfig, label: str, resp: Responses) -> Estimat
     way PPO trains it (`PPO.collect`: G responses to `sampling.prompts_per_iteration`
     training prompts per iteration, values, GAE, clipped value regression) for
     `iterations` iterations, the policy frozen (a best case for the critic: in training it
-    chases a moving policy). Spent: those samples plus the shared responses (counted for
-    every setting that uses the critic)."""
+    chases a moving policy). GAE's gamma and lambda shape the critic's returns, so a
+    setting's critic is trained with its own. Spent: those samples plus the shared
+    responses."""
     from spo.algorithms.base import Context, Response
     from spo.algorithms.ppo import PPO
     from spo.distributed import Dist, make_accelerator
@@ -312,9 +313,9 @@ def run_ppo(setup: Setup, rc: RunConfig, label: str, resp: Responses) -> Estimat
     from spo.train.progress import Progress
 
     c, a = rc.critic, rc.algorithm
-    key = (rc.iterations, rc.seed, c.lr, c.weight_decay, c.grad_clip, c.value_clip, a.epochs, a.mini_batch_size,
-           a.micro_batch_size, a.old_logprobs, rc.sampling.prompts_per_iteration, rc.task.train_limit)
-    if key not in setup.critics:  # settings that differ only in GAE's gamma and lambda share one critic
+    key = json.dumps([rc.iterations, rc.seed, to_dict(c), to_dict(a), rc.sampling.prompts_per_iteration,
+                      rc.task.train_limit], sort_keys=True, default=str)
+    if key not in setup.critics:  # settings that train the same critic share it
         train = setup.task.problems("train", rc.task.train_limit)
         ctx = Context(rc, setup.engine, setup.tokenizer, setup.task, train, setup.model, Dist(make_accelerator()),
                       setup.tokenizer.pad_token_id)
