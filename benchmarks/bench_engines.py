@@ -45,16 +45,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from spo.config import load_config  # noqa: E402
-from spo.partition.segments import partition_response  # noqa: E402
 from spo.presets import resolve_preset  # noqa: E402
 from spo.sample.factory import build_engine  # noqa: E402
 from spo.seeds import SALT_SAMPLE  # noqa: E402
 from spo.train.loop import Trainer  # noqa: E402
 from spo.train.progress import Progress  # noqa: E402
 
+from bench_mc import PHASES, mc_states  # noqa: E402  (this folder: run as python benchmarks/...)
+
 DEFAULTS = ["algorithm.mc_samples=9", "algorithm.interval=5", "model.dtype=float32",
             "eval.at_start=false", "eval.at_end=false", "progress=false"]
-PHASES = ["sample", "score", "partition", "values", "estimate", "optimize", "total"]
 
 
 def timed(engine, contexts, params, n, budgets=None) -> dict:
@@ -67,23 +67,6 @@ def timed(engine, contexts, params, n, budgets=None) -> dict:
 
 def row(name: str, r: dict) -> None:
     print(f"  {name:34s} {r['seconds']:8.2f} s {r['tokens']:7d} tokens {r['tokens_per_s']:8.1f} tok/s", flush=True)
-
-
-def mc_states(cfg, rollouts) -> tuple[list[list[int]], list[int]]:
-    """Distinct MC states (prompt + response prefix at each inner boundary) and budgets."""
-    a = cfg.algorithm
-    states, budgets, seen = [], [], set()
-    for group in rollouts:
-        for r in group:
-            bounds, _ = partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
-                                           segment_length=a.segment_length, max_segments=a.max_segments)
-            for t in bounds[1:-1]:
-                key = tuple(r.context_ids + r.response_ids[:t])
-                if key not in seen:
-                    seen.add(key)
-                    states.append(list(key))
-                    budgets.append(cfg.sampling.max_new_tokens - t)
-    return states, budgets
 
 
 def last_tree_level(tree_cfg, hf, contexts, params) -> tuple[list[list[int]], list[int], int]:

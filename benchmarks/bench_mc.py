@@ -35,6 +35,23 @@ from spo.train.loop import Trainer  # noqa: E402
 from spo.train.progress import Progress  # noqa: E402
 
 
+def mc_states(cfg, rollouts) -> tuple[list[list[int]], list[int]]:
+    """Distinct MC states (prompt + response prefix at each inner boundary) and budgets."""
+    a = cfg.algorithm
+    states, budgets, seen = [], [], set()
+    for group in rollouts:
+        for r in group:
+            bounds, _ = partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
+                                           segment_length=a.segment_length, max_segments=a.max_segments)
+            for t in bounds[1:-1]:
+                key = tuple(r.context_ids + r.response_ids[:t])
+                if key not in seen:
+                    seen.add(key)
+                    states.append(list(key))
+                    budgets.append(cfg.sampling.max_new_tokens - t)
+    return states, budgets
+
+
 def mc_throughput(cfg) -> dict:
     """Part 1: the same MC states through the engine, prefill shared vs re-encoded."""
     a = cfg.algorithm
@@ -44,18 +61,7 @@ def mc_throughput(cfg) -> dict:
         contexts = [ctx.prompt_ids(i) for i, _ in ctx.prompts(0)]
         params = ctx.sampling_params(0, SALT_SAMPLE)
         rollouts = engine.generate(contexts, params, n=cfg.sampling.group_size)
-        states, budgets = [], []
-        seen = set()
-        for group in rollouts:
-            for r in group:
-                bounds, _ = partition_response(r.logprobs, rule=a.partition, rho=a.rho, interval=a.interval,
-                                               segment_length=a.segment_length, max_segments=a.max_segments)
-                for t in bounds[1:-1]:
-                    key = tuple(r.context_ids + r.response_ids[:t])
-                    if key not in seen:
-                        seen.add(key)
-                        states.append(list(key))
-                        budgets.append(cfg.sampling.max_new_tokens - t)
+        states, budgets = mc_states(cfg, rollouts)
         n = a.mc_samples
         out = {"responses": sum(len(g) for g in rollouts), "states": len(states), "mc_samples": n}
         mc_params = dataclasses.replace(params, seed=12345)
