@@ -237,3 +237,28 @@ def test_map_draws_those_numbers_and_writes_the_png(tmp_path):
     plt.close(fig)
     path = save_delta_map(EQUAL, tmp_path / "map.png", "grpo")
     assert path == tmp_path / "map.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- end to end on the tiny smoke model (real training, seconds per run) -------------------
+
+def test_update_axis_end_to_end_on_the_smoke_model(tmp_path):
+    """Two cells (1x1 and 2x2 updates per iteration), two methods, real runs: each cell is a
+    bench folder, the runs took the cell's number of AdamW steps, and the map is drawn."""
+    import torch
+
+    from spo.cli import main
+
+    assert main(["bench", "--config", "bench-smoke", "--output-dir", str(tmp_path), "bench.seeds=[0]",
+                 "bench.methods={grpo: [algorithm.estimator=grpo], spo_chain: [algorithm.estimator=spo_chain, "
+                 "algorithm.mc_samples=2, algorithm.interval=2]}",
+                 "bench.updates=[{mini_batches: 1, epochs: 1}, {mini_batches: 2, epochs: 2}]"]) == 0
+    assert (tmp_path / "map.png").is_file()
+    for cell, steps_per_iteration in (("1x1", 1), ("2x2", 4)):
+        res = json.loads((tmp_path / cell / "results.json").read_text())
+        assert [s["method"] for s in res["summaries"]] == ["grpo", "spo_chain"]
+        for method in ("grpo", "spo_chain"):
+            run = tmp_path / cell / "runs" / method / "seed0"
+            ckpt = run / "checkpoints" / "iter_000002" / "optimizer.pt"
+            state = torch.load(ckpt, weights_only=False)["adamw"]["state"]
+            steps = {float(s["step"]) for s in state.values()}
+            assert steps == {2.0 * steps_per_iteration}, (cell, method, steps)  # 2 iterations
