@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -128,10 +129,10 @@ def scripted_accuracy(rc) -> float:
     sweep seeds but one seed favours 4e-5; rloo ties 1e-5 and 2e-5."""
     seed, lr, method = rc.seed, rc.optim.lr, rc.algorithm.estimator
     if method == "grpo":
-        table = {1e-5: 0.30, 2e-5: 0.50, 4e-5: 0.20}
+        table = {1e-5: 0.30, 2e-5: 0.50, 4e-5: 0.20, 5e-6: 0.60}
         acc = table[lr] + (0.60 if (lr == 4e-5 and seed == 10) else 0.0)  # 4e-5: 0.80, 0.20, 0.20 -> mean 0.40
     elif method == "rloo":
-        acc = {1e-5: 0.45, 2e-5: 0.45, 4e-5: 0.10}[lr]
+        acc = {1e-5: 0.45, 2e-5: 0.45, 4e-5: 0.10, 5e-6: 0.0}[lr]
     else:
         acc = 0.1
     if rc.eval.split == "eval":  # the bench runs: a method- and cell-dependent, seed-paired result
@@ -193,6 +194,35 @@ def test_sweep_then_grid_on_a_scripted_trainer(scripted, tmp_path):
     n = len(scripted)
     run_bench(cfg, tmp_path)
     assert len(scripted) == n
+
+
+def test_sweep_on_one_start_with_a_grid_per_update_structure(scripted, tmp_path):
+    """`on_start: mid`: only the mid cells sweep, the weak cells take their lrs; the 4x2 cells
+    sweep their own grid."""
+    cfg = load_bench_config(resolve_preset("bench-smoke"), [
+        *AXES, "bench.seeds=[0]",
+        "bench.methods={grpo: [algorithm.estimator=grpo], rloo: [algorithm.estimator=rloo]}",
+        "bench.lr_sweep={grid: [1.0e-5, 2.0e-5, 4.0e-5], grid_by_updates: {4x2: [5.0e-6, 1.0e-5]}, "
+        "seeds: [10, 11, 12], on_start: mid}"])
+    run_bench(cfg, tmp_path)
+    sweep = [r for r in scripted if r.eval.split == "validation"]
+    assert len(sweep) == 2 * 3 * 3 + 2 * 2 * 3  # mid-1x1: 3 lrs, mid-4x2: 2 lrs; 2 methods, 3 seeds
+    assert {r.model.name_or_path for r in sweep} == {"smollm2-135m-instruct"}
+    assert {Path(r.output_dir).relative_to(tmp_path).parts[0] for r in sweep} == {"mid-1x1", "mid-4x2"}
+    chosen = {c: json.loads((tmp_path / c / "lr_chosen.json").read_text())
+              for c in ("weak-1x1", "weak-4x2", "mid-1x1", "mid-4x2")}
+    assert chosen["weak-1x1"] == {"swept_in": "mid-1x1", "lr": {"grpo": 2e-5, "rloo": 1e-5}}
+    assert chosen["weak-4x2"] == {"swept_in": "mid-4x2", "lr": {"grpo": 5e-6, "rloo": 1e-5}}
+    grid = [r for r in scripted if r.eval.split == "eval"]
+    assert {(Path(r.output_dir).relative_to(tmp_path).parts[0], r.algorithm.estimator, r.optim.lr) for r in grid} == {
+        (c, m, chosen[c]["lr"][m]) for c in chosen for m in ("grpo", "rloo")}
+    with pytest.raises(ConfigError, match="on_start"):
+        load_bench_config(resolve_preset("bench-smoke"), [*AXES, "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], "
+                                                                 "seeds: [10, 11, 12], on_start: strong}"])
+    with pytest.raises(ConfigError, match="grid_by_updates.8x1"):
+        load_bench_config(resolve_preset("bench-smoke"), [*AXES, "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], "
+                                                                 "grid_by_updates: {8x1: [1.0e-5, 2.0e-5]}, "
+                                                                 "seeds: [10, 11, 12]}"])
 
 
 # --- the map --------------------------------------------------------------------------

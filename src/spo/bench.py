@@ -186,7 +186,16 @@ def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list
         write_text_atomic(out / "bench.json", json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
         b = cfg.bench
         cells = bench_cells(b.starts, b.updates)
-        lrs = {cell.label: run_lr_sweep(cfg, cell, out / cell.label, only_report) for cell in cells}
+        lrs: dict[str, dict[str, float] | None] = {}
+        for cell in cells:
+            swept = b.lr_sweep.sweep_cell(cell, b.starts) if b.lr_sweep else cell
+            if swept.label not in lrs:
+                lrs[swept.label] = run_lr_sweep(cfg, swept, out / swept.label, only_report)
+            lrs[cell.label] = lrs[swept.label]
+            if lrs[cell.label] is not None:  # which lr each method's runs in this cell use, and whence
+                (out / cell.label).mkdir(parents=True, exist_ok=True)
+                write_text_atomic(out / cell.label / "lr_chosen.json",
+                                  json.dumps({"swept_in": swept.label, "lr": lrs[cell.label]}, indent=2))
         if not only_report:
             for seed in b.seeds:  # seed-major: a partial bench already compares every method in every cell
                 for cell in cells:
@@ -219,9 +228,10 @@ def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool) -> 
     if sweep is None:
         return None
     scores: dict[str, dict[float, dict[int, float]]] = {}
+    grid = sweep.grid_for(cell)
     for method in b.methods:
         scores[method] = {}
-        for lr in sweep.grid:
+        for lr in grid:
             scores[method][lr] = {}
             for seed in sweep.seeds:
                 run_dir = out / "sweep" / method / f"lr{lr:g}" / f"seed{seed}"
@@ -235,11 +245,11 @@ def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool) -> 
                                             "--report-only first")
                 curve = learning_curve(read_metrics(run_dir, kind=None), b.metric)
                 scores[method][lr][seed] = curve[-1].accuracy
-    choices = {m: choose_by_mean(scores[m], sweep.grid) for m in b.methods}
-    write_text_atomic(out / "lr_sweep.md", lr_sweep_table(choices, sweep.grid, b.metric))
+    choices = {m: choose_by_mean(scores[m], grid) for m in b.methods}
+    write_text_atomic(out / "lr_sweep.md", lr_sweep_table(choices, grid, b.metric))
     write_text_atomic(out / "lr_sweep.json", json.dumps(
         {m: {"chosen": c.chosen, "seeds": c.seeds, "means": {f"{lr:g}": v for lr, v in c.means.items()},
-             "scores": {f"{lr:g}": scores[m][lr] for lr in sweep.grid}} for m, c in choices.items()}, indent=2))
+             "scores": {f"{lr:g}": scores[m][lr] for lr in grid}} for m, c in choices.items()}, indent=2))
     return {m: c.chosen for m, c in choices.items()}
 
 

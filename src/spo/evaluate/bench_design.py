@@ -59,6 +59,22 @@ class LrSweep:
     seeds: list[int] = field(default_factory=lambda: [10, 11, 12])
     """Seeds of the sweep's runs: at least 3, none of them a bench seed (the runs that are
     reported never chose their own lr)."""
+    grid_by_updates: dict[str, list[float]] = field(default_factory=dict)
+    """Update-structure label (`4x2`: mini-batches x epochs) -> its own grid, for cells with
+    that structure (more steps per iteration usually want a smaller lr); others use `grid`."""
+    on_start: str | None = None
+    """Sweep only in the cells of this start (a `bench.starts` label); the cells of the other
+    starts use the lr chosen there for the same method and update structure. Null: every
+    cell sweeps on its own."""
+
+    def grid_for(self, cell: "Cell") -> list[float]:
+        return self.grid_by_updates.get(cell.updates.label, self.grid) if cell.updates else self.grid
+
+    def sweep_cell(self, cell: "Cell", starts: dict[str, str]) -> "Cell":
+        """The cell whose sweep chooses `cell`'s lr."""
+        if self.on_start is None or cell.start is None:
+            return cell
+        return Cell(self.on_start, starts[self.on_start], cell.updates)
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,13 @@ def check_bench_design(starts: dict[str, str], updates: Sequence[UpdateStructure
     if sweep is None:
         return
     check_lr_grid(sweep, bench_seeds)
+    labels = {u.label for u in updates}
+    for label, grid in sweep.grid_by_updates.items():
+        if label not in labels:
+            raise ConfigError(f"bench.lr_sweep.grid_by_updates.{label}: not one of bench.updates {sorted(labels)}")
+        check_lr_grid(LrSweep(list(grid), sweep.seeds), bench_seeds)
+    if sweep.on_start is not None and sweep.on_start not in starts:
+        raise ConfigError(f"bench.lr_sweep.on_start: {sweep.on_start!r} is not one of bench.starts {sorted(starts)}")
     for method, overrides in methods.items():
         if any(o.split("=", 1)[0].strip() == "optim.lr" for o in overrides):
             raise ConfigError(f"bench.methods.{method}: sets optim.lr, but with bench.lr_sweep the lr is chosen "
