@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 import spo.bench as bench_module
 from spo.bench import load_bench_config, run_bench, run_config
-from spo.config import ConfigError
+from spo.config import ConfigError, build_config
 from spo.evaluate.bench_design import (
     Cell,
     LrSweep,
@@ -223,6 +224,46 @@ def test_sweep_on_one_start_with_a_grid_per_update_structure(scripted, tmp_path)
         load_bench_config(resolve_preset("bench-smoke"), [*AXES, "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], "
                                                                  "grid_by_updates: {8x1: [1.0e-5, 2.0e-5]}, "
                                                                  "seeds: [10, 11, 12]}"])
+
+
+def test_a_selection_bench_names_the_mean_best_method_ties_to_the_first(scripted, tmp_path, monkeypatch):
+    """Runs judged on validation problems (bench-map-chain's design): results.json's `choice`."""
+    finals = {("rloo", 10): 0.5, ("rloo", 11): 0.3, ("grpo", 10): 0.3, ("grpo", 11): 0.5,
+              ("spo_chain", 10): 0.9, ("spo_chain", 11): 0.0}  # means: rloo 0.4, grpo 0.4, spo_chain 0.45
+    monkeypatch.setattr(sys.modules[__name__], "scripted_accuracy",
+                        lambda rc: finals[(rc.algorithm.estimator, rc.seed)])
+    methods = ("bench.methods={later: [algorithm.estimator=rloo], first: [algorithm.estimator=grpo], "
+               "chain: [algorithm.estimator=spo_chain, algorithm.mc_samples=2]}")
+    cfg = load_bench_config(resolve_preset("bench-smoke"), [methods, "bench.seeds=[10, 11]", "run.eval.split=validation"])
+    run_bench(cfg, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["choice"] == "chain"  # mean 0.45 > 0.40
+    finals[("spo_chain", 11)] = -0.1  # now mean 0.40: a three-way tie, the first listed wins
+    cfg = load_bench_config(resolve_preset("bench-smoke"), [methods, "bench.seeds=[10, 11]", "run.eval.split=validation"])
+    run_bench(cfg, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["choice"] == "later"
+    assert "**later**" in (tmp_path / "b" / "results.md").read_text()
+    cfg = load_bench_config(resolve_preset("bench-smoke"), [methods, "bench.seeds=[10, 11]"])
+    run_bench(cfg, tmp_path / "c")  # judged on the eval split: no choice made there
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["choice"] is None
+
+
+def test_the_map_presets_agree_with_their_sft_presets():
+    """The weak start is sft-arith-long stopped earlier, nothing else; the map's task is the
+    SFT task; the SPO-chain selection bench shares the map's run settings."""
+    from spo.config import load_yaml
+
+    weak, mid = load_yaml(resolve_preset("sft-arith-long-weak")), load_yaml(resolve_preset("sft-arith-long"))
+    assert {k for k in weak.keys() | mid.keys() if weak.get(k) != mid.get(k)} == {"stop_at_accuracy"}
+    assert 0.10 <= weak["stop_at_accuracy"] <= 0.20
+    grid, chain = load_yaml(resolve_preset("bench-map")), load_yaml(resolve_preset("bench-map-chain"))
+    assert grid["run"]["task"] == mid["task"] == chain["run"]["task"]
+    assert grid["bench"]["starts"] == {"weak": "sft:sft-arith-long-weak", "mid": "sft:sft-arith-long"}
+    assert chain["run"]["eval"].pop("split") == "validation"
+    assert chain["run"] == grid["run"]
+    cfg = load_bench_config(resolve_preset("bench-map"))
+    assert [u.updates for u in cfg.bench.updates] == [1, 8] and cfg.bench.seeds == [0, 1, 2, 3, 4]
+    assert cfg.bench.lr_sweep.seeds == [10, 11, 12] and not set(cfg.bench.lr_sweep.seeds) & set(cfg.bench.seeds)
+    assert build_config(cfg.run).max_tokens == 200_000  # 2x bench-arith-long's budget
 
 
 # --- the map --------------------------------------------------------------------------

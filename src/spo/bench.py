@@ -276,8 +276,13 @@ def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[s
     table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
     if equal:
         table += "\n" + equal_spend_table(equal, baseline, b.confidence)
+    choice = selection(by_seed, list(b.methods)) if rc.eval.split == "validation" else None
+    if choice is not None:
+        table += (f"\nSelection (runs judged on validation problems): **{choice.chosen}**, the highest mean final "
+                  f"accuracy over seeds {choice.seeds} (ties: the method listed first).\n")
     write_text_atomic(out / "results.md", f"# spo bench\n\n{table}")
     results = {"budget": budget_description(rc), "target_accuracy": b.target_accuracy, "metric": b.metric,
+               "choice": choice.chosen if choice else None,
                "summaries": [s.as_dict() for s in summaries],
                "baseline": baseline, "confidence": b.confidence,
                "equal_spend": [r.as_dict() for r in equal],
@@ -287,6 +292,16 @@ def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[s
     plot_curves(curves, out, b.metric)
     print(table)
     return summaries
+
+
+def selection(by_seed: dict[str, dict[int, list]], order: list[str]):
+    """A selection bench's choice (`choose_by_mean` of final accuracies, ties to the method
+    listed first); None until every method has finished the same seeds."""
+    finals = {m: {s: c[-1].accuracy for s, c in by_seed.get(m, {}).items()} for m in order}
+    seeds = {tuple(sorted(f)) for f in finals.values()}
+    if len(seeds) != 1 or not next(iter(seeds)):
+        return None
+    return choose_by_mean(finals, order)
 
 
 def write_map(cfg: BenchConfig, out: Path, cells: list[Cell]) -> Path | None:
