@@ -266,6 +266,26 @@ def test_the_map_presets_agree_with_their_sft_presets():
     assert build_config(cfg.run).max_tokens == 200_000  # 2x bench-arith-long's budget
 
 
+def test_a_gap_compared_between_two_cells_seed_by_seed():
+    """H3's test: method-minus-GRPO at equal tokens in cell A and in cell B, per seed, then
+    the paired difference of the two."""
+    from spo.evaluate.compare import CurvePoint, differences_at_equal_spend, paired_comparison
+
+    def c(end_tokens, end_acc):
+        return [CurvePoint(0, 0, 0, 0, 0.2), CurvePoint(4, end_tokens, 0, 0, end_acc)]
+
+    grpo_a = {0: c(100, 0.5), 1: c(100, 0.6)}
+    spo_a = {0: c(200, 0.4), 1: c(200, 0.5)}  # at 100 tokens: 0.3, 0.35 -> gaps -0.2, -0.25
+    grpo_b = {0: c(100, 0.5), 1: c(100, 0.5)}
+    spo_b = {0: c(100, 0.45), 1: c(100, 0.5)}  # gaps -0.05, 0.0
+    gap_a = differences_at_equal_spend(spo_a, grpo_a, "tokens")
+    gap_b = differences_at_equal_spend(spo_b, grpo_b, "tokens")
+    assert gap_a == {0: pytest.approx(-0.2), 1: pytest.approx(-0.25)}
+    assert gap_b == {0: pytest.approx(-0.05), 1: 0.0}
+    d = paired_comparison(gap_b, gap_a)  # B's gap minus A's: +0.15, +0.25
+    assert (d.n, d.mean) == (2, pytest.approx(0.2))
+
+
 # --- the map --------------------------------------------------------------------------
 
 def _row(method, mean, low, high, n=3):
