@@ -191,6 +191,9 @@ def test_sweep_then_grid_on_a_scripted_trainer(scripted, tmp_path):
         rloo = next(r for r in res["equal_spend"] if r["method"] == "rloo")
         assert rloo["vs_baseline"]["tokens"]["mean"] == pytest.approx(0.05)
     assert (tmp_path / "map.png").stat().st_size > 1000
+    drawn = json.loads((tmp_path / "map.json").read_text())["bars"]
+    assert [(b["cell"], b["method"]) for b in drawn] == [(c, "rloo") for c in cells]
+    assert [b["mean"] for b in drawn] == pytest.approx([0.05] * 4)
     # run again: nothing is retrained, the same choices come out
     n = len(scripted)
     run_bench(cfg, tmp_path)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from spo.evaluate.bench_design import (
     lr_option,
     lr_sweep_table,
 )
-from spo.evaluate.bench_map import save_delta_map
+from spo.evaluate.bench_map import delta_map_data, save_delta_map
 from spo.evaluate.compare import (
     MethodSummary,
     equal_spend,
@@ -305,15 +305,21 @@ def selection(by_seed: dict[str, dict[int, list]], order: list[str]):
 
 
 def write_map(cfg: BenchConfig, out: Path, cells: list[Cell]) -> Path | None:
-    """OUT/map.png and OUT/map.json: every method's Δ to the baseline at equal generated
-    tokens, with its interval, per cell, from the cells' results.json."""
+    """OUT/map.png, and OUT/map.json with the numbers it draws: every method's Δ to the
+    baseline at equal generated tokens, with its interval, per cell, from the cells'
+    results.json."""
     equal = {}
     for cell in cells:
         path = out / cell.label / "results.json"
         if path.is_file():
             equal[cell.label] = json.loads(path.read_text())["equal_spend"]
-    return save_delta_map(equal, out / "map.png", baseline=baseline_method(cfg.bench),
-                          confidence=cfg.bench.confidence) if equal else None
+    if not equal:
+        return None
+    baseline = baseline_method(cfg.bench)
+    bars = delta_map_data(equal, baseline)  # what the figure draws, also as numbers
+    write_text_atomic(out / "map.json", json.dumps({"baseline": baseline, "confidence": cfg.bench.confidence,
+                                                     "at": "tokens", "bars": [asdict(b) for b in bars]}, indent=2))
+    return save_delta_map(equal, out / "map.png", baseline=baseline, confidence=cfg.bench.confidence)
 
 
 def plot_curves(curves: dict[str, list], out: Path, metric: str) -> list[Path]:
