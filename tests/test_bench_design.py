@@ -116,11 +116,17 @@ def test_bad_axes_name_the_key(override, match):
         load_bench_config(resolve_preset("bench-smoke"), [override])
 
 
-def test_a_method_may_not_fix_its_own_lr_under_a_sweep():
-    with pytest.raises(ConfigError, match="sets optim.lr"):
-        load_bench_config(resolve_preset("bench-smoke"), [
-            "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], seeds: [10, 11, 12]}",
-            "bench.methods={grpo: [algorithm.estimator=grpo, optim.lr=1.0e-5]}"])
+@pytest.mark.parametrize("axis, owned", [
+    ("bench.lr_sweep={grid: [1.0e-5, 2.0e-5], seeds: [10, 11, 12]}", "optim.lr=1.0e-5"),
+    ("bench.updates=[{mini_batches: 2, epochs: 1}]", "algorithm.epochs=3"),
+    ("bench.updates=[{mini_batches: 2, epochs: 1}]", "algorithm.mini_batch_size=4"),
+    ("bench.starts={a: smollm2-135m-instruct}", "model.name_or_path=smollm2-135m-instruct"),
+])
+def test_a_method_may_not_set_what_an_axis_sets(axis, owned):
+    methods = f"bench.methods={{grpo: [algorithm.estimator=grpo, {owned}]}}"
+    with pytest.raises(ConfigError, match=f"grpo: sets {owned.split('=')[0]}"):
+        load_bench_config(resolve_preset("bench-smoke"), [axis, methods])
+    load_bench_config(resolve_preset("bench-smoke"), [methods])  # without the axis it is the method's own
 
 
 # --- a whole bench on a scripted trainer --------------------------------------------------

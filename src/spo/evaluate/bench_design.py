@@ -195,6 +195,16 @@ def check_bench_design(starts: dict[str, str], updates: Sequence[UpdateStructure
             raise ConfigError(f"bench.starts.{label}: a label without '/' or '-' mapped to a model name, "
                               f"got {model!r}")
     check_updates(updates)
+    owned = {"model.name_or_path": "bench.starts" if starts else None,
+             "algorithm.mini_batch_size": "bench.updates" if updates else None,
+             "algorithm.epochs": "bench.updates" if updates else None,
+             "optim.lr": "bench.lr_sweep" if sweep is not None else None}
+    for method, overrides in methods.items():
+        for o in overrides:
+            key = o.split("=", 1)[0].strip()
+            if owned.get(key):
+                raise ConfigError(f"bench.methods.{method}: sets {key}, which {owned[key]} sets for every "
+                                  "method; drop it from the method's overrides")
     if sweep is None:
         return
     check_lr_grid(sweep, bench_seeds)
@@ -205,10 +215,6 @@ def check_bench_design(starts: dict[str, str], updates: Sequence[UpdateStructure
         check_lr_grid(LrSweep(list(grid), sweep.seeds), bench_seeds)
     if sweep.on_start is not None and sweep.on_start not in starts:
         raise ConfigError(f"bench.lr_sweep.on_start: {sweep.on_start!r} is not one of bench.starts {sorted(starts)}")
-    for method, overrides in methods.items():
-        if any(o.split("=", 1)[0].strip() == "optim.lr" for o in overrides):
-            raise ConfigError(f"bench.methods.{method}: sets optim.lr, but with bench.lr_sweep the lr is chosen "
-                              "by the sweep; drop it from the method's overrides")
 
 
 def lr_sweep_table(choices: dict[str, Choice], grid: Sequence[float], metric: str) -> str:
