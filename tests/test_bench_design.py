@@ -204,6 +204,9 @@ def test_sweep_then_grid_on_a_scripted_trainer(scripted, tmp_path):
     n = len(scripted)
     run_bench(cfg, tmp_path)
     assert len(scripted) == n
+    run_bench(cfg, tmp_path, only_report=True)  # tables, sweep choices and map from the finished runs
+    assert len(scripted) == n and json.loads((tmp_path / "mid-4x2" / "lr_chosen.json").read_text())["lr"] == {
+        "grpo": 2e-5, "rloo": 1e-5}
 
 
 def test_sweep_on_one_start_with_a_grid_per_update_structure(scripted, tmp_path):
