@@ -6,15 +6,9 @@ import pytest
 import yaml
 
 from spo.cli import main
-from spo.config import (
-    ConfigError,
-    build_config,
-    describe_options,
-    load_config,
-    load_sft_config,
-    save_config,
-    to_dict,
-)
+from spo.config import ConfigError, RunConfig, build_config, load_config
+from spo.config_io import describe_options, save_config, to_dict
+from spo.train.sft_config import load_sft_config
 from spo.presets import PRESETS_DIR, resolve_preset
 
 
@@ -116,7 +110,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_every_option_is_documented():
-    rows = describe_options()
+    rows = describe_options(RunConfig)
     undocumented = [key for key, _, _, help_ in rows if not help_]
     assert undocumented == []
 

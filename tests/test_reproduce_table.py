@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spo.config import load_config, to_dict
+from spo.config import load_config
+from spo.config_io import to_dict
 from spo.presets import PRESETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

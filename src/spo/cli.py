@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from spo.config import ConfigError, RunConfig, SFTConfig, build_config, build_sft_config, describe_options, load_yaml
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import describe_options, load_yaml
+from spo.train.sft_config import SFTConfig, build_sft_config
 from spo.inspect import add_inspect_commands
 from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
 from spo.tasks.problems import DataError
@@ -149,7 +151,7 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def cmd_options(args: argparse.Namespace) -> int:
-    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options()
+    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options(RunConfig)
     if args.markdown:
         print("| option | type | default | meaning |\n|---|---|---|---|")
         for key, tp, default, help_ in rows:

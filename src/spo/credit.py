@@ -44,7 +44,8 @@ from typing import Any, Literal
 import torch
 
 from spo.cache import cache_dir
-from spo.config import ConfigError, RunConfig, build_config, load_sections, to_dict
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import load_sections, to_dict
 from spo.estimate.chain_values import estimate_chain_values
 from spo.estimate.registry import EstimatorInputs, get_estimator
 from spo.estimate.segment import spo_chain

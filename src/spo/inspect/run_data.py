@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from spo.config import ConfigError, load_yaml
+from spo.config import ConfigError
+from spo.config_io import load_yaml
 from spo.train.run_log import EPISODES_DIR, METRICS_FILE, read_metrics
 
 log = logging.getLogger("spo.inspect")
@@ -140,7 +141,7 @@ def tokenizer_sources(run_dir: Path, config: dict[str, Any]) -> list[str]:
 
 
 def _cached_sft_folder(name: str) -> str | None:
-    from spo.config import load_sft_config
+    from spo.train.sft_config import load_sft_config
     from spo.presets import resolve_preset
     from spo.train.sft import output_path
 

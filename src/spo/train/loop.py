@@ -29,7 +29,8 @@ import torch
 
 from spo.algorithms.base import Algorithm, Batch, Context, iteration_metrics
 from spo.algorithms.registry import algorithm_class
-from spo.config import ConfigError, RunConfig, save_config, to_dict
+from spo.config import ConfigError, RunConfig
+from spo.config_io import save_config, to_dict
 from spo.distributed import Dist, make_accelerator
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
 from spo.models import load_policy_from_config, load_reference, load_tokenizer

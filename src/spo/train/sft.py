@@ -42,7 +42,9 @@ from typing import Any
 import torch
 
 from spo.cache import cache_dir, staged_folder
-from spo.config import ConfigError, EvalConfig, SFTConfig, load_sft_config, save_config, to_dict
+from spo.config import ConfigError, EvalConfig
+from spo.config_io import save_config, to_dict
+from spo.train.sft_config import SFTConfig, load_sft_config
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
 from spo.models import load_policy_from_config, load_tokenizer, num_parameters, save_hf_model
 from spo.optimize.optimizer import build_optimizer
