@@ -62,7 +62,7 @@ from spo.optimize.update import pad_rows
 from spo.partition.segments import partition_response
 from spo.sample.engine import SamplingParams
 from spo.sample.tree import sample_trees
-from spo.seeds import SALT_MC, SALT_SAMPLE, derive_seed
+from spo.seeds import SALT_MC, SALT_SAMPLE, SALT_TRUTH, derive_seed
 from spo.train.checkpoint import write_text_atomic
 
 log = logging.getLogger("spo.credit")
@@ -70,7 +70,6 @@ log = logging.getLogger("spo.credit")
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
 SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo")
-SALT_TRUTH = 23  # the ground truth's continuations: a stream no estimator uses
 
 
 @dataclass

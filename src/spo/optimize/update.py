@@ -32,7 +32,7 @@ import torch
 from spo.config import RunConfig
 from spo.optimize.logprobs import compute_logprobs
 from spo.optimize.losses import masked_whiten, policy_loss, whiten_across
-from spo.seeds import derive_seed
+from spo.seeds import SALT_UPDATE_SHUFFLE, derive_seed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,7 +120,7 @@ class PolicyUpdate:
         minibatches = []
         for epoch in range(a.epochs):
             order = list(range(n))
-            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, salt=epoch + 1)).shuffle(order)
+            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, SALT_UPDATE_SHUFFLE, epoch)).shuffle(order)
             minibatches += [order[k * n // steps : (k + 1) * n // steps] for k in range(steps)]
         micro_steps = sum(max(math.ceil(len(mb) / a.micro_batch_size), 1) for mb in minibatches)
         with progress.phase(f"iter {iteration + 1} optimize", total=micro_steps) as bar:
