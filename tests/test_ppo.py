@@ -98,7 +98,7 @@ def test_critic_training_moves_values_towards_the_returns(tmp_path):
     from spo.train.progress import Progress
 
     cfg = load_config(resolve_preset("smoke"), ["algorithm.estimator=ppo", "critic.lr=1e-3", "critic.value_clip=10",
-                                                "algorithm.epochs=4", "sampling.max_new_tokens=8"])
+                                                "algorithm.epochs=8", "sampling.max_new_tokens=8"])
     ppo = Trainer(cfg, tmp_path).algorithm
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Task, "reward", text_reward)
