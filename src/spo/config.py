@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from spo.config_io import ConfigError, apply_overrides, from_dict, load_yaml
+from spo.config_io import ConfigError, apply_overrides, from_dict, load_yaml, parse_override
 
 
 @dataclass
@@ -135,10 +135,11 @@ class SamplingConfig:
 
 @dataclass
 class AlgorithmConfig:
-    estimator: str = "grpo"
+    name: str = "grpo"
     """The algorithm (spo.algorithms): `grpo` (`scale_by_std: false` is Dr.GRPO), `rloo`,
     `reinforce` (outcome rewards), `reinforce_pp` (REINFORCE++), `ppo` (with a learned
-    critic, see `critic`), `vineppo`, `spo_chain`, `spo_tree`."""
+    critic, see `critic`), `vineppo`, `spo_chain`, `spo_tree`. Its earlier name
+    `algorithm.estimator` is still accepted, in YAML and in overrides."""
     scale_by_std: bool = True
     """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
     clip_eps: float = 0.2
@@ -207,6 +208,11 @@ class AlgorithmConfig:
     """Sequences per optimizer step (all processes together)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward on one process (gradient accumulation fills the rest)."""
+
+    @property
+    def estimator(self) -> str:
+        """`name`, read under the option's earlier name."""
+        return self.name
 
 
 @dataclass
@@ -400,9 +406,50 @@ def _check_task_options(task: TaskConfig) -> None:
             )
 
 
+# Options by their earlier names (old -> new), still accepted in YAML and in overrides.
+RENAMED_OPTIONS = {"algorithm.estimator": "algorithm.name"}
+
+
+def _renamed(data: dict, where: str) -> dict:
+    """`data` with each option under an earlier name moved to its new one; ConfigError when
+    both are given with different values."""
+    out = dict(data)
+    for old, new in RENAMED_OPTIONS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        inner = out.get(section)
+        if isinstance(inner, dict) and old_key in inner:
+            inner = dict(inner)
+            value = inner.pop(old_key)
+            if new_key in inner and inner[new_key] != value:
+                raise ConfigError(f"{new}={inner[new_key]!r} and {old}={value!r} in {where}: {old} is "
+                                  f"another name of {new}; give one of them")
+            inner[new_key] = value
+            out[section] = inner
+    return out
+
+
+def _renamed_overrides(overrides: list[str]) -> list[str]:
+    """`overrides` with each option under an earlier name renamed; ConfigError when an option
+    is given under both names with different values."""
+    out, given = [], {}  # (new name, name as written) -> (value, override)
+    for text in overrides:
+        key, value = parse_override(text)
+        new = RENAMED_OPTIONS.get(key, key)
+        for (other_new, written), (other_value, other_text) in given.items():
+            if other_new == new and written != key and other_value != value:
+                raise ConfigError(f"overrides {other_text!r} and {text!r} disagree: {written} and {key} name the "
+                                  f"same option ({new}); give one of them")
+        if new in RENAMED_OPTIONS.values():
+            given[new, key] = value, text
+        out.append(f"{new}={text.split('=', 1)[1]}" if new != key else text)
+    return out
+
+
 def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
-    cfg = from_dict(RunConfig, apply_overrides(data, overrides))
+    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`).
+    Options under an earlier name (RENAMED_OPTIONS) are read as their new one."""
+    merged = apply_overrides(_renamed(data or {}, "the config"), _renamed_overrides(list(overrides)))
+    cfg = from_dict(RunConfig, _renamed(merged, "the overrides"))
     _check_ranges(cfg)
     return cfg
 

@@ -174,10 +174,9 @@ class Setup:
 
 
 def build_setup(cfg: CreditConfig) -> Setup:
-    from spo.models import load_policy_from_config, load_tokenizer
     from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
-    from spo.train.sft import resolve_model_name
+    from spo.train.sft import load_model_and_tokenizer
 
     rc = build_config(cfg.run)
     torch.manual_seed(rc.seed)
@@ -185,9 +184,7 @@ def build_setup(cfg: CreditConfig) -> Setup:
     problems = task.problems(cfg.credit.split, cfg.credit.prompts)
     if not problems:
         raise ConfigError(f"task {rc.task.name!r} has no {cfg.credit.split} problems")
-    model_cfg = dataclasses.replace(rc.model, name_or_path=resolve_model_name(rc.model.name_or_path))
-    tokenizer = load_tokenizer(resolve_model_name(rc.model.tokenizer or model_cfg.name_or_path))
-    model = load_policy_from_config(model_cfg, seed=rc.seed)
+    model, tokenizer = load_model_and_tokenizer(rc.model, seed=rc.seed)
     model.eval()
     engine = build_engine(rc.sampling, model, tokenizer)
     t = rc.task

@@ -8,7 +8,7 @@ An advantage estimator is a pure tensor function registered under a name:
 
 and the trainer calls it as
 
-    advantages = get_estimator(cfg.algorithm.estimator)(inputs, **options)
+    advantages = get_estimator(name)(inputs, **options)
 
 Contract shared by every estimator
 ----------------------------------

@@ -20,12 +20,20 @@ from spo.models.loading import (
     resolve_model_path,
     save_hf_model,
 )
-from spo.models.lora import DEFAULT_LORA, apply_lora, is_lora, lora_copy_from_state, peft_keys, plain_copy
+from spo.models.lora import (
+    DEFAULT_LORA,
+    apply_lora,
+    is_lora,
+    lora_copy_from_state,
+    peft_keys,
+    peft_lora_options,
+    plain_copy,
+)
 
 __all__ = [
     "DEFAULT_LORA", "DEFAULT_MODEL", "MODEL_ALIASES", "ModelNotFoundError", "apply_lora", "convert_gguf_model",
     "convert_gguf_tokenizer", "cpu_bf16_is_fast", "default_device", "find_gguf_file", "freeze", "is_lora",
     "load_model_config", "load_policy", "load_policy_from_config", "load_reference", "load_tokenizer",
-    "lora_copy_from_state", "num_parameters", "peft_keys", "plain_copy", "resolve_dtype", "resolve_model_path",
+    "lora_copy_from_state", "num_parameters", "peft_keys", "peft_lora_options", "plain_copy", "resolve_dtype", "resolve_model_path",
     "save_hf_model",
 ]

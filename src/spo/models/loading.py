@@ -62,7 +62,7 @@ import torch
 
 from spo.cache import cache_dir
 from spo.models.gguf import DEFAULT_MODEL, MODEL_ALIASES, convert_gguf_model, convert_gguf_tokenizer, find_gguf_file, model_alias
-from spo.models.lora import apply_lora, is_lora, plain_copy
+from spo.models.lora import apply_lora, is_lora, peft_lora_options, plain_copy
 from spo.tiny_models import TINY_CHAR_LLAMA, tiny_char_llama_dir
 
 log = logging.getLogger(__name__)
@@ -360,10 +360,7 @@ def load_policy(
 
 def load_policy_from_config(model_cfg, *, seed: int | None = None, device=None):
     """`load_policy` driven by a `spo.config.ModelConfig` (LoRA and checkpointing included)."""
-    lora = None
-    if model_cfg.lora.enabled:
-        lora = {"r": model_cfg.lora.r, "lora_alpha": model_cfg.lora.alpha,
-                "lora_dropout": model_cfg.lora.dropout, "target_modules": list(model_cfg.lora.target_modules)}
+    lora = peft_lora_options(model_cfg.lora) if model_cfg.lora.enabled else None
     model = load_policy(model_cfg.name_or_path, dtype=model_cfg.dtype, random_init=model_cfg.random_init,
                         config_overrides=model_cfg.config_overrides or None, lora=lora, seed=seed, device=device)
     if model_cfg.gradient_checkpointing:

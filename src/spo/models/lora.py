@@ -8,13 +8,17 @@ from typing import Any
 
 import torch
 
+from spo.config import LoraOptions
 
-DEFAULT_LORA: dict[str, Any] = {
-    "r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-}
+
+def peft_lora_options(options: LoraOptions) -> dict[str, Any]:
+    """`model.lora`'s options as `peft.LoraConfig` names them."""
+    return {"r": options.r, "lora_alpha": options.alpha, "lora_dropout": options.dropout,
+            "target_modules": list(options.target_modules)}
+
+
+# The defaults of `model.lora` (spo.config.LoraOptions): one source for both.
+DEFAULT_LORA: dict[str, Any] = peft_lora_options(LoraOptions())
 
 
 def apply_lora(model, lora: dict | None = None):

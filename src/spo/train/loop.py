@@ -33,7 +33,7 @@ from spo.config import ConfigError, RunConfig
 from spo.config_io import save_config, to_dict
 from spo.distributed import Dist, make_accelerator
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
-from spo.models import load_policy_from_config, load_reference, load_tokenizer
+from spo.models import load_reference
 from spo.optimize.optimizer import build_optimizer
 from spo.optimize.update import NonFiniteLossError, PolicyUpdate
 from spo.sample.factory import build_engine
@@ -44,7 +44,7 @@ from spo.train import checkpoint as ckpt
 from spo.train.progress import Progress
 from spo.train.run_dir import prepare_run_dir, run_folder
 from spo.train.run_log import RunLog, metrics_at_checkpoint
-from spo.train.sft import resolve_model_name
+from spo.train.sft import load_model_and_tokenizer
 
 __all__ = ["NonFiniteLossError", "Trainer", "prepare_run_dir", "train"]
 
@@ -85,15 +85,13 @@ class Trainer:
                 "train_size, or set eval.at_start=false eval.at_end=false eval.every=0")
 
         # --- models: the policy, and a frozen copy of its start for the KL term (LoRA: the base)
-        model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
-        self.tokenizer = load_tokenizer(resolve_model_name(cfg.model.tokenizer or model_cfg.name_or_path))
+        policy, self.tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device=self.acc.device)
         t = cfg.task
         problems = self.train_problems = drop_long_questions(
             problems, lambda p: len(self.task.prompt_ids(self.tokenizer, p, t.prompt_format, t.system_prompt,
                                                          t.prompt_template)), t.max_question_tokens)
         if not problems:
             raise ConfigError(f"task.max_question_tokens={cfg.task.max_question_tokens} leaves no training problem")
-        policy = load_policy_from_config(model_cfg, seed=cfg.seed, device=self.acc.device)
         reference = load_reference(policy) if cfg.algorithm.kl_coef > 0 else None
 
         # --- algorithm, optimizer, engine. The lr schedule counts the most optimizer steps an
