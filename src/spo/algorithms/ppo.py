@@ -42,7 +42,7 @@ from spo.models import plain_copy
 from spo.optimize.logprobs import compute_values
 from spo.optimize.losses import aggregate_loss, clipped_value_loss
 from spo.optimize.optimizer import build_optimizer
-from spo.optimize.update import pad_rows
+from spo.optimize.update import NonFiniteLossError, pad_rows
 from spo.seeds import SALT_CRITIC, derive_seed
 
 CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
@@ -142,7 +142,7 @@ class PPO(Algorithm):
                                                        returns[rows, :width].to(v.device), m, cfg.critic.value_clip)
                     loss = aggregate_loss(per_token, m, "token_mean", normalizer=normalizer)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
+                        raise NonFiniteLossError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
                     dist.backward(loss * dist.world)  # DDP averages over processes
                     tokens = float(m.sum())
                     sums["critic_loss"] += float(loss.detach()) * normalizer

@@ -28,7 +28,7 @@ Names a user can give wherever a model is asked for (``name_or_path``):
 
 Tokenizers: :func:`load_tokenizer` makes sure a pad token exists (eos if the tokenizer
 has none). Padding *side* is irrelevant to this package: the generation engine and
-:func:`spo.sample.hf_engine.compute_logprobs` build their own padded tensors (contexts
+:func:`spo.optimize.logprobs.compute_logprobs` build their own padded tensors (contexts
 left-padded with explicit attention masks and position ids), so never rely on
 ``tokenizer.padding_side``.
 

@@ -39,8 +39,9 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf: training stops before the bad step is applied."""
 
 
-class TrainSample(Protocol):
-    """What the update reads of one sequence (see spo.algorithms.base.TrainSample)."""
+class UpdateSample(Protocol):
+    """What the update reads of one sequence: the fields spo.algorithms.base.TrainSample (which
+    the algorithms fill) has for it."""
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -98,7 +99,7 @@ class PolicyUpdate:
     steps_per_iteration: int
     pad_token_id: int
 
-    def __call__(self, samples: Sequence[TrainSample], iteration: int, progress) -> dict[str, float]:
+    def __call__(self, samples: Sequence[UpdateSample], iteration: int, progress) -> dict[str, float]:
         """Train on this process's `samples`; returns the update's statistics."""
         cfg, a = self.cfg, self.cfg.algorithm
         n = len(samples)

@@ -17,11 +17,13 @@ same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +148,24 @@ class Trainer:
         self.dist.barrier()
         return self.run_dir
 
+    @contextlib.contextmanager
+    def naming_last_good(self) -> Iterator[None]:
+        """A NaN/inf loss (the policy's, or a critic's while collecting) names the last good
+        checkpoint, to resume from."""
+        try:
+            yield
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
+
     def step(self, it: int, progress: Progress) -> dict[str, Any]:
         """One iteration: collect a batch, update the policy on it, sync the engine; returns
         the iteration's metrics (its episodes are written to the episode log)."""
-        with self.dist.gathered(self.policy):  # FSDP: full weights while sampling
+        with self.dist.gathered(self.policy), self.naming_last_good():  # FSDP: full weights while sampling
             batch = self.algorithm.collect(it, progress)
         self.engine.release_memory()  # vLLM's sleep mode frees its memory for the update
         t0 = time.perf_counter()
-        try:
+        with self.naming_last_good():
             stats = self.update(batch.samples, it, progress)
-        except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
         batch.timings["optimize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.engine.sync_weights()  # the HF engine samples from the policy itself: ~0 s
