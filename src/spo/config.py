@@ -142,12 +142,18 @@ class AlgorithmConfig:
     `algorithm.estimator` is still accepted, in YAML and in overrides."""
     scale_by_std: bool = True
     """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
+    std_eps: float = 1e-6
+    """GRPO: added to the group's reward std before dividing by it (verl's 1e-6; TRL uses 1e-4)."""
     clip_eps: float = 0.2
     """PPO clip range (lower side)."""
     clip_eps_high: float | None = None
     """PPO clip upper side (null = same as clip_eps)."""
     kl_coef: float = 0.0
     """Weight of the k3 KL(pi || ref) loss term; 0 loads no reference model."""
+    kl_importance_correction: bool = False
+    """Multiply each token's k3 KL term by the ratio pi/pi_old (TRL's `use_bias_correction_kl`):
+    corrects for the tokens being sampled from pi_old, not pi, when epochs > 1 or the mini-batches
+    of one batch take several steps; with false (verl's) the term is the plain k3."""
     kl_aggregation: Literal["token_mean", "sequence_sum"] = "token_mean"
     """How the KL term is summed: per token, aggregated with the policy loss (`loss_agg`), or
     summed over each sequence's counted tokens and averaged over sequences (the reference's,
@@ -330,6 +336,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
     need(a.clip_eps_high is None or a.clip_eps_high > 0, "algorithm.clip_eps_high", "must be > 0")
     need(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    need(a.std_eps >= 0, "algorithm.std_eps", f"must be >= 0, got {a.std_eps}")
     need(a.mask_rho is None or 0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
     need(0 < a.rho <= 1, "algorithm.rho", f"must be in (0, 1], got {a.rho}")
     need(a.interval >= 1, "algorithm.interval", "must be >= 1")

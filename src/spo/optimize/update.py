@@ -206,7 +206,8 @@ class PolicyUpdate:
         loss, st = policy_loss(logprobs, old_lp[:, :width].to(logprobs.device), advantages, m,
                                ref_logprobs=ref_logprobs, kl_coef=a.kl_coef if ref_logprobs is not None else 0.0,
                                clip_eps_low=a.clip_eps, clip_eps_high=a.clip_eps_high, agg_mode=a.loss_agg,
-                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences)
+                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences,
+                               kl_importance_correction=a.kl_importance_correction)
         ent = scored.entropy[:, :width].detach()
         resp = scored.mask[:, :width].float()
         return loss, {
