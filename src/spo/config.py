@@ -6,7 +6,8 @@ A config is built in three layers, later ones winning:
     3. command-line overrides `section.key=value` (values parsed as YAML, so
        `optim.lr=1e-5`, `model.lora.enabled=true`, `task.options={size: 10}`).
 Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key.
-The generic reader (YAML, overrides, type checks) is spo.config_io.
+The generic reader (YAML, overrides, type checks) is spo.config_io. (Over 450 lines because
+every option carries its documentation here: docs/config.md and `spo options` are read from it.)
 """
 
 from __future__ import annotations

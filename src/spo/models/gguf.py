@@ -4,11 +4,13 @@ describes when it happens)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -101,12 +103,7 @@ def convert_gguf_model(
     out = Path(out_dir)
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log.warning(
-        "spo: converting %s into %s (one time, ~30-60 s on a small CPU)", gguf_path.name, out
-    )
-    with staged_folder(out) as tmp:
+    with _converting("the model", gguf_path, out, "~30-60 s on a small CPU") as tmp:
         folder, name = str(gguf_path.parent), gguf_path.name
         log.warning("spo: [1/3] tokenizer from GGUF")
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -130,7 +127,6 @@ def convert_gguf_model(
         log.warning("spo: [3/3] saving safetensors (%s) + tokenizer", config.dtype)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    log.warning("spo: conversion done in %.1f s -> %s", time.perf_counter() - t0, out)
     return out
 
 
@@ -151,11 +147,19 @@ def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathL
     out = Path(out_dir)
     if (out / "tokenizer_config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log.warning("spo: converting the tokenizer of %s into %s (one time)", gguf_path.name, out)
-    with staged_folder(out) as tmp:
+    with _converting("the tokenizer", gguf_path, out, "~10 s") as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tok.save_pretrained(tmp)
-    log.warning("spo: tokenizer conversion done in %.1f s", time.perf_counter() - t0)
     return out
+
+
+@contextlib.contextmanager
+def _converting(what: str, gguf_path: Path, out: Path, expected: str) -> Iterator[Path]:
+    """A staged folder to write `what` into, renamed to `out` when the block succeeds (never
+    a half folder); logs the start and the time it took."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log.warning("spo: converting %s of %s into %s (one time, %s)", what, gguf_path.name, out, expected)
+    with staged_folder(out) as tmp:
+        yield tmp
+    log.warning("spo: conversion of %s done in %.1f s -> %s", what, time.perf_counter() - t0, out)
