@@ -174,7 +174,7 @@ class Context:
                 self.tokenizer, self.problems[problem_index], t.prompt_format, t.system_prompt, t.prompt_template)
         return self._prompt_cache[problem_index]
 
-    def sampling_params(self, iteration: int, salt: int) -> SamplingParams:
+    def sampling_params(self, iteration: int, salt: str) -> SamplingParams:
         """The policy's sampling settings, seeded for one stream of this iteration."""
         s = self.cfg.sampling
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,

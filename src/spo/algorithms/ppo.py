@@ -42,10 +42,9 @@ from spo.models import plain_copy
 from spo.optimize.logprobs import compute_values
 from spo.optimize.losses import aggregate_loss, clipped_value_loss
 from spo.optimize.optimizer import build_optimizer
-from spo.optimize.update import pad_rows
-from spo.seeds import derive_seed
+from spo.optimize.update import NonFiniteLossError, pad_rows
+from spo.seeds import SALT_CRITIC, derive_seed
 
-SALT_CRITIC = 13  # the critic's mini-batch shuffle (spo.seeds lists the others)
 CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
 
 
@@ -128,7 +127,7 @@ class PPO(Algorithm):
         sums = {"critic_loss": 0.0, "value_clip_frac": 0.0, "value_error": 0.0, "tokens": 0.0}
         for epoch in range(a.epochs):
             order = list(range(n))
-            random.Random(derive_seed(cfg.seed, iteration, dist.rank, SALT_CRITIC + 100 * epoch)).shuffle(order)
+            random.Random(derive_seed(cfg.seed, iteration, dist.rank, SALT_CRITIC, epoch)).shuffle(order)
             for k in range(steps):
                 mb = order[k * n // steps : (k + 1) * n // steps]
                 normalizer = max(dist.global_sum(mask[mb].sum().item()), 1.0)
@@ -143,7 +142,7 @@ class PPO(Algorithm):
                                                        returns[rows, :width].to(v.device), m, cfg.critic.value_clip)
                     loss = aggregate_loss(per_token, m, "token_mean", normalizer=normalizer)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
+                        raise NonFiniteLossError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
                     dist.backward(loss * dist.world)  # DDP averages over processes
                     tokens = float(m.sum())
                     sums["critic_loss"] += float(loss.detach()) * normalizer

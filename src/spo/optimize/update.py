@@ -32,15 +32,16 @@ import torch
 from spo.config import RunConfig
 from spo.optimize.logprobs import compute_logprobs
 from spo.optimize.losses import masked_whiten, policy_loss, whiten_across
-from spo.seeds import derive_seed
+from spo.seeds import SALT_UPDATE_SHUFFLE, derive_seed
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf: training stops before the bad step is applied."""
 
 
-class TrainSample(Protocol):
-    """What the update reads of one sequence (see spo.algorithms.base.TrainSample)."""
+class UpdateSample(Protocol):
+    """What the update reads of one sequence: the fields spo.algorithms.base.TrainSample (which
+    the algorithms fill) has for it."""
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -98,7 +99,7 @@ class PolicyUpdate:
     steps_per_iteration: int
     pad_token_id: int
 
-    def __call__(self, samples: Sequence[TrainSample], iteration: int, progress) -> dict[str, float]:
+    def __call__(self, samples: Sequence[UpdateSample], iteration: int, progress) -> dict[str, float]:
         """Train on this process's `samples`; returns the update's statistics."""
         cfg, a = self.cfg, self.cfg.algorithm
         n = len(samples)
@@ -120,7 +121,7 @@ class PolicyUpdate:
         minibatches = []
         for epoch in range(a.epochs):
             order = list(range(n))
-            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, salt=epoch + 1)).shuffle(order)
+            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, SALT_UPDATE_SHUFFLE, epoch)).shuffle(order)
             minibatches += [order[k * n // steps : (k + 1) * n // steps] for k in range(steps)]
         micro_steps = sum(max(math.ceil(len(mb) / a.micro_batch_size), 1) for mb in minibatches)
         with progress.phase(f"iter {iteration + 1} optimize", total=micro_steps) as bar:
@@ -205,7 +206,8 @@ class PolicyUpdate:
         loss, st = policy_loss(logprobs, old_lp[:, :width].to(logprobs.device), advantages, m,
                                ref_logprobs=ref_logprobs, kl_coef=a.kl_coef if ref_logprobs is not None else 0.0,
                                clip_eps_low=a.clip_eps, clip_eps_high=a.clip_eps_high, agg_mode=a.loss_agg,
-                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences)
+                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences,
+                               kl_importance_correction=a.kl_importance_correction)
         ent = scored.entropy[:, :width].detach()
         resp = scored.mask[:, :width].float()
         return loss, {
