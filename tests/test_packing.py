@@ -197,3 +197,17 @@ def test_an_attention_without_4d_masks_is_refused():
     model = tiny("llama", "sdpa")
     model.config._attn_implementation_internal = "flash_attention_2"  # what from_pretrained(...) would set
     assert "flash_attention_2" in (packing_unsupported(model) or "")
+
+
+def test_a_run_with_micro_batches_by_token_count_matches_the_golden_run(tmp_path):
+    # the smoke preset's recorded run (tests/golden) with micro-batches of whole groups by
+    # packed token count instead of 4 rows: the same optimizer steps, the same numbers
+    import json
+
+    from golden_runs import GOLDEN_DIR, run_preset
+    from test_golden_runs import assert_same
+
+    expected = json.loads((GOLDEN_DIR / "smoke.json").read_text())
+    actual = run_preset("smoke", tmp_path / "run", ("algorithm.micro_batch_tokens=160",))
+    assert_same(expected["metrics"], actual["metrics"], "metrics")
+    assert_same(expected["episodes"], actual["episodes"], "episodes")
