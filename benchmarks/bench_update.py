@@ -1,15 +1,17 @@
 """The update phase with and without shared-prefix packing, same samples, same run.
 
-    python benchmarks/bench_update.py                                  # demo and cpu-spo-tree, 2 rounds
-    python benchmarks/bench_update.py --config cpu-spo-chain --rounds 3
+    python benchmarks/bench_update.py model.dtype=float32               # demo and cpu-spo-tree, 2 rounds
+    python benchmarks/bench_update.py --config cpu-spo-tree --collect-iterations 4 model.dtype=float32
     python benchmarks/bench_update.py --config smoke --rounds 1 sampling.max_new_tokens=16
 
 What it does
 ------------
 1. For each preset (``--config``, repeatable; default ``demo`` and ``cpu-spo-tree``) plus
    ``section.key=value`` overrides, one subprocess builds ``spo.train.loop.Trainer`` and
-   collects iteration 1's samples with the algorithm's own ``collect`` (real sampling,
-   scoring, advantages), then pickles them.
+   collects the samples of the first ``--collect-iterations`` iterations (default 1) with
+   the algorithm's own ``collect`` (real sampling, scoring, advantages; no update in
+   between), then pickles them. Several iterations give SPO-tree, whose untrained policy
+   leaves few edges with a nonzero advantage per iteration, a batch of typical size.
 2. ``--rounds`` times, two subprocesses each build the Trainer again (same seed, so the
    same starting weights) with ``algorithm.packing`` true and false, in alternating order
    (ABBA), and time ``Trainer.update`` on those samples: the whole update phase
@@ -59,16 +61,17 @@ def _status_kb(key: str) -> int:
     return 0
 
 
-def collect(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
-    """Iteration 1's samples of `config`, pickled to `out`."""
+def collect(config: str, overrides: list[str], out: Path, iterations: int = 1) -> dict[str, Any]:
+    """The samples of `config`'s first `iterations` iterations, pickled to `out`."""
     from spo.train.progress import Progress
 
+    samples = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = _trainer(config, overrides, Path(tmp) / "run")
         t0 = time.perf_counter()
-        batch = trainer.algorithm.collect(0, Progress(enabled=False, quiet=True))
+        for it in range(iterations):
+            samples += trainer.algorithm.collect(it, Progress(enabled=False, quiet=True)).samples
         seconds = time.perf_counter() - t0
-    samples = batch.samples
     out.write_bytes(pickle.dumps(samples))
     prompt = [len(s.prompt_ids) for s in samples]
     response = [len(s.response_ids) for s in samples]
@@ -112,12 +115,12 @@ def _child(args: list[str]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(config: str, overrides: list[str], rounds: int, updates: int) -> dict[str, Any]:
+def bench(config: str, overrides: list[str], rounds: int, updates: int, collect_iterations: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         samples_file = Path(tmp) / "samples.pkl"
         result: dict[str, Any] = {"config": config, "overrides": overrides, "load_before": os.getloadavg()}
         result["collect"] = _child(["--part", "collect", "--config", config, "--samples", str(samples_file),
-                                    *overrides])
+                                    "--collect-iterations", str(collect_iterations), *overrides])
         runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         for r in range(rounds):
             for packing in ((True, False) if r % 2 == 0 else (False, True)):  # ABBA
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", help="preset (repeatable); default: demo and cpu-spo-tree")
     p.add_argument("--rounds", type=int, default=2, help="packed/unpacked process pairs per preset (ABBA order)")
     p.add_argument("--updates", type=int, default=1, help="update phases timed per process")
+    p.add_argument("--collect-iterations", type=int, default=1, help="iterations whose samples make the batch")
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--part", choices=["collect", "update"], help=argparse.SUPPRESS)
     p.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
@@ -170,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value for every preset")
     args = p.parse_args(argv)
     if args.part == "collect":
-        print(json.dumps(collect(args.config[0], args.overrides, args.samples)))
+        print(json.dumps(collect(args.config[0], args.overrides, args.samples, args.collect_iterations)))
         return 0
     if args.part == "update":
         print(json.dumps(update(args.config[0], args.overrides, args.samples, args.packing == "true", args.updates)))
         return 0
-    results = [bench(c, args.overrides, args.rounds, args.updates) for c in args.config or ["demo", "cpu-spo-tree"]]
+    results = [bench(c, args.overrides, args.rounds, args.updates, args.collect_iterations)
+               for c in args.config or ["demo", "cpu-spo-tree"]]
     print(report(results))
     if args.output:
         args.output.write_text(json.dumps(results, indent=1) + "\n")
