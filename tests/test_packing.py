@@ -197,6 +197,9 @@ def test_an_attention_without_4d_masks_is_refused():
     model = tiny("llama", "sdpa")
     model.config._attn_implementation_internal = "flash_attention_2"  # what from_pretrained(...) would set
     assert "flash_attention_2" in (packing_unsupported(model) or "")
+    sliding = tiny("qwen2", "sdpa")
+    sliding.config.use_sliding_window = True
+    assert "sliding" in (packing_unsupported(sliding) or "")
 
 
 def test_a_run_with_micro_batches_by_token_count_matches_the_golden_run(tmp_path):

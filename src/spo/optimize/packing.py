@@ -67,6 +67,8 @@ def packing_unsupported(model) -> str | None:
     model_type = getattr(config, "model_type", None)
     if model_type not in PACKABLE_MODEL_TYPES:
         return f"model type {model_type!r} is not one tested with a 4-D attention mask ({', '.join(PACKABLE_MODEL_TYPES)})"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention is not expressed by the packed mask"
     attention = getattr(config, "_attn_implementation", None) or "eager"
     if attention not in PACKABLE_ATTENTION:
         return f"attention implementation {attention!r} takes no 4-D mask (packing needs sdpa or eager)"
