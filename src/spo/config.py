@@ -214,7 +214,19 @@ class AlgorithmConfig:
     mini_batch_size: int = 64
     """Sequences per optimizer step (all processes together)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward on one process (gradient accumulation fills the rest)."""
+    """Sequences per forward/backward on one process (gradient accumulation fills the rest);
+    with `micro_batch_tokens` set, the token count decides instead."""
+    packing: bool = True
+    """Score the samples of a micro-batch that share prefixes (a group's prompt, a tree's
+    path) as one packed sequence with a 4-D attention mask, each shared token computed once
+    (spo.optimize.packing), in the loss, old/reference log-probs and PPO's critic; the same
+    numbers as padded rows. Models that cannot take the mask (not Llama/Qwen2, or not
+    sdpa/eager attention) fall back to padded rows with a logged reason."""
+    micro_batch_tokens: int | None = None
+    """With `packing`: micro-batches hold whole groups/trees up to this many packed tokens
+    (each shared prefix counted once; a longer sample gets its own) instead of
+    `micro_batch_size` sequences; null = `micro_batch_size` sequences, chosen so that shared
+    prefixes stay together. Ignored with `whiten: micro_batch` (rows as without packing)."""
 
     @property
     def estimator(self) -> str:
@@ -353,6 +365,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.epochs >= 1, "algorithm.epochs", "must be >= 1")
     need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
     need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
+    need(a.micro_batch_tokens is None or a.micro_batch_tokens >= 1, "algorithm.micro_batch_tokens",
+         "must be >= 1 or null")
     check_optim(o)
     c = cfg.critic
     need(c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}")

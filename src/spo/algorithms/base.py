@@ -196,7 +196,8 @@ class Context:
         model.eval()
         scored = compute_logprobs(model, [s.prompt_ids for s in samples], [s.response_ids for s in samples],
                                   self.cfg.sampling.temperature, self.cfg.algorithm.micro_batch_size,
-                                  pad_token_id=self.pad_token_id)
+                                  pad_token_id=self.pad_token_id, packing=self.cfg.algorithm.packing,
+                                  micro_batch_tokens=self.cfg.algorithm.micro_batch_tokens)
         model.train(was_training)
         for s, lp in zip(samples, scored.to_lists()):
             s.logprobs = lp

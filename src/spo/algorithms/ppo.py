@@ -16,6 +16,7 @@ The critic is saved in checkpoints as a Hugging Face `*ForTokenClassification` f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from spo.models import plain_copy
 from spo.optimize.logprobs import compute_values
 from spo.optimize.losses import aggregate_loss, clipped_value_loss
 from spo.optimize.optimizer import build_optimizer
-from spo.optimize.update import NonFiniteLossError, pad_rows
+from spo.optimize.update import NonFiniteLossError, micro_batches, packing_enabled, pad_rows
 from spo.seeds import SALT_CRITIC, derive_seed
 
 CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
@@ -105,16 +106,16 @@ class PPO(Algorithm):
         """V_t [B, T] of every response state under the current critic."""
         critic = self.ctx.dist.unwrap(self.critic)
         critic.eval()
-        mb = self.cfg.algorithm.micro_batch_size
+        a = self.cfg.algorithm
+        packing = packing_enabled(critic, a)
         width = max(len(r.response_ids) for r in responses)
-        parts = []
-        for i in range(0, len(responses), mb):
-            rows = responses[i : i + mb]
-            v = compute_values(critic, [r.prompt_ids for r in rows], [r.response_ids for r in rows],
-                               self.ctx.pad_token_id)
-            parts.append(torch.nn.functional.pad(v.cpu(), (0, width - v.shape[1])))
+        out = torch.zeros((len(responses), width))
+        for rows in micro_batches(responses, range(len(responses)), a, packing):
+            v = compute_values(critic, [responses[i].prompt_ids for i in rows],
+                               [responses[i].response_ids for i in rows], self.ctx.pad_token_id, packing=packing)
+            out[rows, : v.shape[1]] = v.cpu()
         critic.train()
-        return torch.cat(parts)
+        return out
 
     def train_critic(self, responses: list[Response], old_values: torch.Tensor, returns: torch.Tensor,
                      iteration: int) -> dict[str, float]:
@@ -124,6 +125,9 @@ class PPO(Algorithm):
         mask = pad_rows([[1.0] * len(r.response_ids) for r in responses], old_values.shape[1])
         n = len(responses)
         steps = math.ceil(dist.global_sum(n) / a.mini_batch_size)
+        packing = packing_enabled(self.critic, a)
+        if dist.is_fsdp:  # every process runs as many forwards: micro-batches of rows, not tokens
+            a = dataclasses.replace(a, micro_batch_tokens=None)
         sums = {"critic_loss": 0.0, "value_clip_frac": 0.0, "value_error": 0.0, "tokens": 0.0}
         for epoch in range(a.epochs):
             order = list(range(n))
@@ -131,11 +135,10 @@ class PPO(Algorithm):
             for k in range(steps):
                 mb = order[k * n // steps : (k + 1) * n // steps]
                 normalizer = max(dist.global_sum(mask[mb].sum().item()), 1.0)
-                for i in range(0, len(mb), a.micro_batch_size):
-                    rows = mb[i : i + a.micro_batch_size]
+                for rows in micro_batches(responses, mb, a, packing):
                     batch = [responses[j] for j in rows]
                     v = compute_values(self.critic, [r.prompt_ids for r in batch], [r.response_ids for r in batch],
-                                       self.ctx.pad_token_id)
+                                       self.ctx.pad_token_id, packing=packing)
                     width = v.shape[1]
                     m = mask[rows, :width].to(v.device)
                     per_token, st = clipped_value_loss(v, old_values[rows, :width].to(v.device),

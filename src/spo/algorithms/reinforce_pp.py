@@ -52,7 +52,8 @@ class ReinforcePP(Algorithm):
             with timer("reference"), torch.no_grad():
                 ref = compute_logprobs(ctx.reference, [r.prompt_ids for r in responses],
                                        [r.response_ids for r in responses], self.cfg.sampling.temperature,
-                                       a.micro_batch_size, pad_token_id=ctx.pad_token_id)
+                                       a.micro_batch_size, pad_token_id=ctx.pad_token_id, packing=a.packing,
+                                       micro_batch_tokens=a.micro_batch_tokens)
                 token_kl = old - ref.logprobs[:, :width].float().cpu()
         with timer("estimate"):  # 3.
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses],
