@@ -262,7 +262,7 @@ def test_a_selection_bench_names_the_mean_best_method_ties_to_the_first(scripted
 def test_the_map_presets_agree_with_their_sft_presets():
     """The weak start is sft-arith-long stopped earlier, nothing else; the map's task is the
     SFT task; the SPO-chain selection bench shares the map's run settings."""
-    from spo.config import load_yaml
+    from spo.config_io import load_yaml
 
     weak, mid = load_yaml(resolve_preset("sft-arith-long-weak")), load_yaml(resolve_preset("sft-arith-long"))
     assert {k for k in weak.keys() | mid.keys() if weak.get(k) != mid.get(k)} == {"stop_at_accuracy"}

@@ -37,14 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spo.config import (
-    ConfigError,
-    RunConfig,
-    build_config,
-    load_sections,
-    to_dict,
-)
 from spo.algorithms.registry import algorithm_class
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import load_sections, to_dict
 from spo.evaluate.bench_design import (
     Cell,
     LrSweep,
