@@ -19,6 +19,13 @@ stopped and its curves are those of an uninterrupted bench. Bench runs checkpoin
 every evaluation (`save_every` = `eval.every` when the preset leaves it 0). Then
 OUT/results.md, OUT/results.json and three plots (accuracy against iterations, generated
 tokens and training seconds) are written. A lock on OUT keeps a second bench out.
+
+With axes (`bench.starts`: start models, `bench.updates`: optimizer steps per iteration)
+every cell of their grid is such a bench in its own folder OUT/<cell> (e.g. OUT/weak-4x2),
+and OUT/map.png draws each method's difference to the baseline at equal tokens, per cell
+(spo.evaluate.bench_map). With `bench.lr_sweep` each (cell, method) first runs the lr grid
+on the sweep's seeds, judged on validation problems, under OUT/<cell>/sweep/, and its runs
+use the lr chosen by the mean (spo.evaluate.bench_design; docs/bench.md, "Third round").
 """
 
 from __future__ import annotations
@@ -26,12 +33,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spo.algorithms.registry import algorithm_class
 from spo.config import ConfigError, RunConfig, build_config
 from spo.config_io import load_sections, to_dict
+from spo.evaluate.bench_design import (
+    Cell,
+    LrSweep,
+    UpdateStructure,
+    bench_cells,
+    cell_overrides,
+    check_bench_design,
+    choose_by_mean,
+    lr_option,
+    lr_sweep_table,
+)
+from spo.evaluate.bench_map import delta_map_data, save_delta_map
 from spo.evaluate.compare import (
     MethodSummary,
     equal_spend,
@@ -72,6 +92,17 @@ class BenchOptions:
     interval); null: `grpo` when it is among the methods, else the first method."""
     confidence: float = 0.95
     """Level of the paired t intervals of the differences to the baseline."""
+    starts: dict[str, str] = field(default_factory=dict)
+    """Start-accuracy axis: label -> `model.name_or_path` of the run's start model (e.g.
+    `{weak: "sft:sft-arith-long-weak", mid: "sft:sft-arith-long"}`); empty: only `run.model`."""
+    updates: list[UpdateStructure] = field(default_factory=list)
+    """Update-structure axis: each entry `{mini_batches: m, epochs: e}` is a cell whose runs take
+    m x e optimizer steps per iteration (`algorithm.mini_batch_size` set per method so that its
+    training samples split into m mini-batches); empty: the run's own settings."""
+    lr_sweep: LrSweep | None = None
+    """Choose each (cell, method)'s lr before its runs: every lr of `grid` on each of `seeds`,
+    evaluated on validation problems, the lr with the best mean final accuracy kept (ties: the
+    smaller); null: the lr of `run` and the method's overrides."""
 
 
 @dataclass
@@ -94,17 +125,27 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfi
         raise ConfigError(f"bench.baseline: {b.baseline!r} is not one of the methods {sorted(b.methods)}")
     if not 0 < b.confidence < 1:
         raise ConfigError(f"bench.confidence: must be in (0, 1), got {b.confidence}")
-    for method in b.methods:
-        run_config(cfg, method, b.seeds[0])  # every method's config must be valid before anything runs
+    check_bench_design(b.starts, b.updates, b.lr_sweep, b.seeds, b.methods)
+    for cell in bench_cells(b.starts, b.updates):
+        for method in b.methods:
+            run_config(cfg, method, b.seeds[0], cell)  # every run's config must be valid before anything runs
     return cfg
 
 
-def run_config(cfg: BenchConfig, method: str, seed: int) -> RunConfig:
-    """The shared run config + the method's overrides + the seed."""
+def run_config(cfg: BenchConfig, method: str, seed: int, cell: Cell = Cell(), extra: list[str] = ()) -> RunConfig:
+    """The shared run config + the method's overrides + the cell's + `extra` (the swept lr,
+    the sweep's validation split) + the seed."""
+    where = f"bench method {method!r}" + (f" in cell {cell.label!r}" if cell.label else "")
     try:
-        rc = build_config(cfg.run, [*cfg.bench.methods[method], f"seed={seed}"])
-    except ConfigError as err:
-        raise ConfigError(f"bench method {method!r}: {err}") from None
+        overrides = [*cfg.bench.methods[method], f"seed={seed}"]
+        if cell.updates is not None:  # the mini-batch size depends on the method's samples per iteration
+            rc = build_config(cfg.run, overrides)
+            samples = algorithm_class(rc.algorithm.estimator).max_samples_per_iteration(rc)
+        else:
+            samples = 1
+        rc = build_config(cfg.run, [*overrides[:-1], *cell_overrides(cell, samples), *extra, overrides[-1]])
+    except (ConfigError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
     rc.progress = False
     if not (rc.eval.at_start and rc.eval.at_end and rc.eval.every > 0):
         raise ConfigError("run.eval: a bench needs at_start, at_end and every > 0 for its learning curves")
@@ -134,24 +175,84 @@ def _run_one(rc: RunConfig, run_dir: Path) -> None:
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list[MethodSummary]:
-    """Train every (method, seed) not done yet, then write the table and the plots."""
+    """Train every run not done yet (the lr sweeps first, when set), then write each cell's
+    table and plots, and the map of the cells when the bench has axes."""
     with RunLock(out):
         write_text_atomic(out / "bench.json", json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
         b = cfg.bench
+        cells = bench_cells(b.starts, b.updates)
+        lrs: dict[str, dict[str, float] | None] = {}
+        for cell in cells:
+            swept = b.lr_sweep.sweep_cell(cell, b.starts) if b.lr_sweep else cell
+            if swept.label not in lrs:
+                lrs[swept.label] = run_lr_sweep(cfg, swept, out / swept.label, only_report)
+            lrs[cell.label] = lrs[swept.label]
+            if lrs[cell.label] is not None:  # which lr each method's runs in this cell use, and whence
+                (out / cell.label).mkdir(parents=True, exist_ok=True)
+                write_text_atomic(out / cell.label / "lr_chosen.json",
+                                  json.dumps({"swept_in": swept.label, "lr": lrs[cell.label]}, indent=2))
         if not only_report:
-            for seed in b.seeds:  # seed-major: a partial bench already compares every method
-                for method in b.methods:
-                    log.info("bench: %s, seed %d", method, seed)
-                    print(f"[bench] {method} seed {seed}", flush=True)
-                    _run_one(run_config(cfg, method, seed), out / "runs" / method / f"seed{seed}")
-        return write_report(cfg, out)
+            for seed in b.seeds:  # seed-major: a partial bench already compares every method in every cell
+                for cell in cells:
+                    for method in b.methods:
+                        where = f"{cell.label}: " if cell.label else ""
+                        log.info("bench: %s%s, seed %d", where, method, seed)
+                        print(f"[bench] {where}{method} seed {seed}", flush=True)
+                        rc = run_config(cfg, method, seed, cell, lr_override(lrs[cell.label], method))
+                        _run_one(rc, out / cell.label / "runs" / method / f"seed{seed}")
+        summaries = []
+        for cell in cells:
+            if len(cells) > 1 and not any((out / cell.label / "runs").glob(f"*/seed*/{DONE_FILE}")):
+                continue  # a cell not started yet (a bench cut short)
+            summaries += write_report(cfg, out / cell.label, cell, lr_override(lrs[cell.label], next(iter(b.methods))))
+        if b.starts or b.updates:
+            write_map(cfg, out, cells)
+        return summaries
+
+
+def lr_override(chosen: dict[str, float] | None, method: str) -> list[str]:
+    return [lr_option(chosen[method])] if chosen else []
+
+
+def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool) -> dict[str, float] | None:
+    """Each method's lr for `cell`: every lr of the grid on every sweep seed, judged on the
+    validation problems (`eval.split=validation`), chosen by `choose_by_mean` (ties: the
+    smaller lr). Writes OUT/<cell>/lr_sweep.{md,json}; None without a sweep."""
+    b = cfg.bench
+    sweep = b.lr_sweep
+    if sweep is None:
+        return None
+    scores: dict[str, dict[float, dict[int, float]]] = {}
+    grid = sweep.grid_for(cell)
+    for method in b.methods:
+        scores[method] = {}
+        for lr in grid:
+            scores[method][lr] = {}
+            for seed in sweep.seeds:
+                run_dir = out / "sweep" / method / f"lr{lr:g}" / f"seed{seed}"
+                if not only_report:
+                    print(f"[bench] {cell.label + ': ' if cell.label else ''}lr sweep {method} lr {lr:g} seed {seed}",
+                          flush=True)
+                    _run_one(run_config(cfg, method, seed, cell, [lr_option(lr), "eval.split=validation"]),
+                             run_dir)
+                if not (run_dir / DONE_FILE).is_file():
+                    raise FileNotFoundError(f"{run_dir}: lr sweep run not finished; run the bench without "
+                                            "--report-only first")
+                curve = learning_curve(read_metrics(run_dir, kind=None), b.metric)
+                scores[method][lr][seed] = curve[-1].accuracy
+    choices = {m: choose_by_mean(scores[m], grid) for m in b.methods}
+    write_text_atomic(out / "lr_sweep.md", lr_sweep_table(choices, grid, b.metric))
+    write_text_atomic(out / "lr_sweep.json", json.dumps(
+        {m: {"chosen": c.chosen, "seeds": c.seeds, "means": {f"{lr:g}": v for lr, v in c.means.items()},
+             "scores": {f"{lr:g}": scores[m][lr] for lr in grid}} for m, c in choices.items()}, indent=2))
+    return {m: c.chosen for m, c in choices.items()}
 
 
 def baseline_method(b: BenchOptions) -> str:
     return b.baseline or ("grpo" if "grpo" in b.methods else next(iter(b.methods)))
 
 
-def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
+def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[str] = ()) -> list[MethodSummary]:
     b = cfg.bench
     by_seed: dict[str, dict[int, list]] = {}  # method -> seed -> curve, finished runs only
     for method in b.methods:
@@ -163,15 +264,20 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
     summaries = [summarize_method(m, c, b.target_accuracy) for m, c in curves.items() if c]
     if not summaries:
         raise FileNotFoundError(f"{out}: no finished run to report")
-    rc = run_config(cfg, next(iter(b.methods)), b.seeds[0])
+    rc = run_config(cfg, next(iter(b.methods)), b.seeds[0], cell, extra)
     baseline = baseline_method(b)
     equal = equal_spend({m: cs for m, cs in by_seed.items() if cs}, baseline, b.confidence) \
         if by_seed.get(baseline) else []
     table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
     if equal:
         table += "\n" + equal_spend_table(equal, baseline, b.confidence)
+    choice = selection(by_seed, list(b.methods)) if rc.eval.split == "validation" else None
+    if choice is not None:
+        table += (f"\nSelection (runs judged on validation problems): **{choice.chosen}**, the highest mean final "
+                  f"accuracy over seeds {choice.seeds} (ties: the method listed first).\n")
     write_text_atomic(out / "results.md", f"# spo bench\n\n{table}")
     results = {"budget": budget_description(rc), "target_accuracy": b.target_accuracy, "metric": b.metric,
+               "choice": choice.chosen if choice else None,
                "summaries": [s.as_dict() for s in summaries],
                "baseline": baseline, "confidence": b.confidence,
                "equal_spend": [r.as_dict() for r in equal],
@@ -181,6 +287,34 @@ def write_report(cfg: BenchConfig, out: Path) -> list[MethodSummary]:
     plot_curves(curves, out, b.metric)
     print(table)
     return summaries
+
+
+def selection(by_seed: dict[str, dict[int, list]], order: list[str]):
+    """A selection bench's choice (`choose_by_mean` of final accuracies, ties to the method
+    listed first); None until every method has finished the same seeds."""
+    finals = {m: {s: c[-1].accuracy for s, c in by_seed.get(m, {}).items()} for m in order}
+    seeds = {tuple(sorted(f)) for f in finals.values()}
+    if len(seeds) != 1 or not next(iter(seeds)):
+        return None
+    return choose_by_mean(finals, order)
+
+
+def write_map(cfg: BenchConfig, out: Path, cells: list[Cell]) -> Path | None:
+    """OUT/map.png, and OUT/map.json with the numbers it draws: every method's Δ to the
+    baseline at equal generated tokens, with its interval, per cell, from the cells'
+    results.json."""
+    equal = {}
+    for cell in cells:
+        path = out / cell.label / "results.json"
+        if path.is_file():
+            equal[cell.label] = json.loads(path.read_text())["equal_spend"]
+    if not equal:
+        return None
+    baseline = baseline_method(cfg.bench)
+    bars = delta_map_data(equal, baseline)  # what the figure draws, also as numbers
+    write_text_atomic(out / "map.json", json.dumps({"baseline": baseline, "confidence": cfg.bench.confidence,
+                                                     "at": "tokens", "bars": [asdict(b) for b in bars]}, indent=2))
+    return save_delta_map(equal, out / "map.png", baseline=baseline, confidence=cfg.bench.confidence)
 
 
 def plot_curves(curves: dict[str, list], out: Path, metric: str) -> list[Path]:

@@ -135,7 +135,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_bench_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
     run_bench(cfg, out, only_report=args.report_only)
-    print(f"results: {out}/results.md, plots: {out}/accuracy_vs_*.png")
+    cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
+    where = f"{out}/<cell>" if cells else f"{out}"
+    print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
     return 0
 
 

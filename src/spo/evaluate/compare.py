@@ -16,7 +16,9 @@ Pure functions over the rows of `metrics.jsonl` (no I/O), used by `spo bench`:
   spent), where methods are compared at equal iterations and at equal generated tokens.
 * `paired_t_interval(diffs)`: mean of per-seed differences (same seed, so same prompts
   and initial weights) with a Student-t confidence interval; `paired_comparison` and
-  `equal_spend_table` apply it to every method against a baseline (GRPO).
+  `equal_spend_table` apply it to every method against a baseline (GRPO);
+  `differences_at_equal_spend` gives the per-seed differences themselves, so that a gap can
+  be compared between two cells of a bench with axes.
 
 "Generated tokens" count every token sampled from the policy: responses, SPO-chain's MC
 continuations and SPO-tree's nodes (`tokens_generated_total`); "policy samples" count
@@ -289,6 +291,17 @@ def paired_comparison(values: dict[int, float], baseline: dict[int, float], conf
 
 
 EQUAL_SPEND_KEYS = ("iteration", "tokens", "seconds")
+
+
+def differences_at_equal_spend(curves: dict[int, Sequence[CurvePoint]], base: dict[int, Sequence[CurvePoint]],
+                               key: str) -> dict[int, float]:
+    """Seed -> accuracy of `curves` minus that of `base` (seed -> curve each) at the pair's
+    common spend `key` (as `equal_spend` compares them), over the seeds both have. Comparing
+    these across two cells with `paired_comparison` (same seeds) asks whether a method's gap
+    to the baseline differs between the cells (docs/bench.md, third round, H3)."""
+    x = common_spend([c for c in [*curves.values(), *base.values()] if c], key)
+    return {s: value_at(curves[s], key, x) - value_at(base[s], key, x)
+            for s in sorted(curves.keys() & base.keys()) if curves[s] and base[s]}
 
 
 @dataclass
