@@ -18,8 +18,7 @@ import difflib
 import inspect
 import types
 import typing
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from spo.tasks.arith import ArithSpec
 from spo.tasks.arith import splits as arith_splits
@@ -34,80 +33,15 @@ from spo.tasks.problems import (
     load_math,
     reasoning_gym_splits,
 )
+from spo.tasks.base import Split, Task
+from spo.tasks.dataset import DatasetTask
 from spo.tasks.grader import GraderBackend, math_answers_equal
-from spo.tasks.prompts import PromptStyle, build_prompt_ids
 from spo.tasks.rewards import (
-    AnswerFormat,
-    check_answer_format,
-    default_instruction,
     extract_answer,
     extract_gsm8k_answer,
     normalize_math_answer,
     numbers_equal,
 )
-
-Split = Literal["train", "eval"]
-
-
-class Task(ABC):
-    """Problems for a split, and the reward of a response to one of them."""
-
-    name: ClassVar[str]
-
-    def __init__(self, answer_format: str, instruction: str | None) -> None:
-        check_answer_format(answer_format)
-        self.answer_format: AnswerFormat = answer_format  # type: ignore[assignment]
-        # None -> the format's default instruction; "" -> no instruction at all.
-        text = default_instruction(answer_format) if instruction is None else instruction
-        self.instruction: str | None = text or None
-        self._cache: dict[str, list[Problem]] = {}
-
-    # --- problems -----------------------------------------------------------------
-    def problems(self, split: Split, limit: int | None = None) -> list[Problem]:
-        """The split's problems in a fixed order (loaded once), at most `limit` of them."""
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, got {limit}")
-        if split not in self._cache:
-            try:
-                self._cache[split] = self._load(split)
-            except (TypeError, ValueError) as err:
-                if isinstance(err, DataError):
-                    raise
-                raise DataError(f"task {self.name!r}: cannot build the {split} split: {err} (check task.options)"
-                                ) from None
-        problems = self._cache[split]
-        if split == "train" and not problems:
-            raise DataError(f"task {self.name!r}: the train split is empty (check task.options: sizes, paths)")
-        return list(problems if limit is None else problems[:limit])
-
-    @abstractmethod
-    def _load(self, split: Split) -> list[Problem]: ...
-
-    # --- grading ------------------------------------------------------------------
-    @abstractmethod
-    def extract(self, text: str) -> str | None:
-        """The answer in a response (canonical form), None when there is none."""
-
-    @abstractmethod
-    def score_answer(self, problem: Problem, answer: str | None) -> float:
-        """Reward of an already-extracted answer (1.0 correct, 0.0 wrong or None)."""
-
-    def reward(self, problem: Problem, text: str, truncated: bool) -> float:
-        """1.0 for a correct, complete response; 0.0 otherwise (truncated ones always 0)."""
-        if truncated:
-            return 0.0
-        return self.score_answer(problem, self.extract(text))
-
-    # --- prompts ------------------------------------------------------------------
-    def prompt_ids(
-        self, tokenizer: Any, problem: Problem, style: PromptStyle = "chat", system_prompt: str | None = None,
-        template: str | None = None,
-    ) -> list[int]:
-        """Prompt token ids for `problem`, with this task's answer-format instruction
-        (`template`: the plain format's, see spo.tasks.prompts)."""
-        return build_prompt_ids(tokenizer, problem.question, style, system_prompt, self.instruction, template)
 
 
 class GSM8KTask(Task):
@@ -329,7 +263,7 @@ class ArithStepsTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask, ArithStepsTask)
+    cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask, ArithStepsTask, DatasetTask)
 }
 
 
@@ -379,7 +313,7 @@ def _checked_options(cls: type[Task], options: dict[str, Any]) -> dict[str, Any]
 
 
 def build_task(name: str, **options: Any) -> Task:
-    """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps") from keyword options.
+    """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps", "dataset") from keyword options.
     Unknown names and options raise ValueError listing the valid ones; options of the wrong
     type or out of range raise DataError naming them."""
     valid = task_options(name)

@@ -172,6 +172,8 @@ class Trainer:
         running totals of what the run has used (budgets, plots)."""
         record = iteration_metrics(it, batch, stats, self.dist)
         self.algorithm.finish_record(record, batch)
+        if hasattr(self.task, "reward_errors"):  # user rewards that failed so far (scored 0), all processes
+            record["reward_errors"] = self.dist.global_sum(self.task.reward_errors)
         used = {"tokens": record["tokens_generated_total"], "samples": record["samples_generated"],
                 "seconds": self.dist.global_sum(record["time_total"]) / self.dist.world}  # the same on every process
         for key, value in used.items():
