@@ -23,7 +23,7 @@ RANKS = {
     "evaluate": 8,
     "algorithms": 9,
     "train": 10,
-    "bench": 11, "inspect": 11, "plot": 11, "credit": 11,  # bench draws its curves with spo.plot
+    "commands": 11, "inspect": 11, "api": 11,  # bench draws its curves with spo.commands.plot
     "cli": 12,
 }
 

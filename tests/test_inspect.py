@@ -30,7 +30,7 @@ from spo.inspect.run_data import (
     rle,
 )
 from spo.inspect.serve import make_server
-from spo.plot import parse_metric, run_labels
+from spo.commands.plot import parse_metric, run_labels
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).resolve().parents[1] / "runs" / "inspect-screenshots"

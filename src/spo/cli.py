@@ -129,7 +129,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from spo.bench import load_bench_config, run_bench
+    from spo.commands.bench import load_bench_config, run_bench
 
     cfg = load_bench_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_credit(args: argparse.Namespace) -> int:
-    from spo.credit import load_credit_config, run_credit
+    from spo.commands.credit import load_credit_config, run_credit
 
     cfg = load_credit_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("credit") / Path(args.config).stem)

@@ -9,7 +9,7 @@ The page is one HTML file with its script, style and data inline (no server, no 
 metrics charts over iterations, and per iteration the episodes with every response token
 coloured by its advantage, SPO-chain's segments with their values, SPO-tree's trees
 (docs/inspect.md). `run_data` reads the run folder, `page` assembles the HTML from
-`assets/`, `serve` serves a live run; `spo.plot` draws the PNG learning curves.
+`assets/`, `serve` serves a live run; `spo.commands.plot` draws the PNG learning curves.
 
 `add_inspect_commands(subparsers)` adds both commands to the `spo` command line; this
 module imports nothing heavy at import time, so `spo --help` stays fast.
@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from spo.plot import add_plot_command
+from spo.commands.plot import add_plot_command
 
 DEFAULT_PORT = 8765
 PAGE_NAME = "inspect.html"

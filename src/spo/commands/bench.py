@@ -45,7 +45,7 @@ from spo.evaluate.compare import (
     markdown_table,
     summarize_method,
 )
-from spo.plot import save_curves
+from spo.commands.plot import save_curves
 from spo.train.checkpoint import write_text_atomic
 from spo.train.faults import kill_point
 from spo.train.loop import train
