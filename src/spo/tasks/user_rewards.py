@@ -295,7 +295,11 @@ class GuardedReward:
                 raise DataError(f"reward {name}: a worker process cannot import this function (a lambda, a closure "
                                 "or one defined in a notebook); move it to a module or .py file, or set "
                                 "reward_isolation: inprocess (no memory cap)")
-            self.pool = WorkerPool("spo.tasks._reward_worker", [target, str(memory_mb)], what=f"reward {name} worker")
+            # the parent's import path goes along (as multiprocessing's spawn does), so the
+            # worker finds a module the parent imported from a folder it added
+            paths = [str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir()]
+            self.pool = WorkerPool("spo.tasks._reward_worker", [target, str(memory_mb)], what=f"reward {name} worker",
+                                   paths=paths)
 
     def __call__(self, args: Sequence[Any]) -> _Outcome:
         if self.pool is None:

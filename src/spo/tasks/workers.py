@@ -84,10 +84,12 @@ class JsonLineWorker:
     """One `python -m module *args` child: `request(obj, timeout_s)` -> its answer (a dict),
     or None when it overran (it is then killed) or died."""
 
-    def __init__(self, module: str, args: Sequence[str] = (), what: str = "worker") -> None:
+    def __init__(self, module: str, args: Sequence[str] = (), what: str = "worker",
+                 paths: Sequence[str] = ()) -> None:
         env = os.environ.copy()
         src_root = str(Path(__file__).resolve().parents[2])  # so the child finds `spo`
-        env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # `paths`: more import folders (the parent's sys.path, for a user's module)
+        env["PYTHONPATH"] = os.pathsep.join([src_root, *paths, *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -136,8 +138,9 @@ class WorkerPool:
     """Workers of one kind (module + args): one idle worker per concurrent caller, started
     on demand and reused; a worker that overran or died is dropped and replaced."""
 
-    def __init__(self, module: str, args: Sequence[str] = (), what: str = "worker") -> None:
-        self.module, self.args, self.what = module, list(args), what
+    def __init__(self, module: str, args: Sequence[str] = (), what: str = "worker",
+                 paths: Sequence[str] = ()) -> None:
+        self.module, self.args, self.what, self.paths = module, list(args), what, list(paths)
         self._idle: list[JsonLineWorker] = []
         self._all: list[JsonLineWorker] = []
         self._lock = threading.Lock()
@@ -153,7 +156,7 @@ class WorkerPool:
                     self._all.remove(worker)
                     worker = None
         if worker is None:
-            worker = JsonLineWorker(self.module, self.args, self.what)
+            worker = JsonLineWorker(self.module, self.args, self.what, self.paths)
             with self._lock:
                 self._all.append(worker)
         answer = worker.request(obj, timeout_s)
