@@ -1,7 +1,6 @@
 """Tasks: a problem source + an answer extractor + a grader, built by name.
 
-    task = build_task("gsm8k", train_path="../shared/data/gsm8k/train.jsonl",
-                      eval_path="../shared/data/gsm8k/test.jsonl")
+    task = build_task("gsm8k", train_path="data/gsm8k/train.jsonl", eval_path="data/gsm8k/test.jsonl")
     problems = task.problems("train", limit=64)
     r = task.reward(problems[0], response_text, truncated=False)   # 1.0 or 0.0
 
@@ -28,6 +27,7 @@ from spo.tasks.problems import (
     MATH500_HUB_ID,
     Problem,
     drop_overlap,
+    default_source,
     hash_split,
     load_gsm8k,
     load_math,
@@ -47,7 +47,8 @@ from spo.tasks.rewards import (
 class GSM8KTask(Task):
     """Grade-school math word problems; numeric answers.
 
-    train_path / eval_path: jsonl file or hub id; None -> hub `openai/gsm8k` (train / test).
+    train_path / eval_path: jsonl file or hub id; None -> $SPO_DATA_DIR/gsm8k/{train,test}.jsonl
+      when SPO_DATA_DIR is set, else the hub's `openai/gsm8k` (train / test).
     answer_format: where the answer is read (default "last_hash": after the last "####").
     instruction: appended to each question; None -> the format's default, "" -> none.
     rel_tol: tolerance for non-integer answers (integers must match exactly)."""
@@ -68,8 +69,8 @@ class GSM8KTask(Task):
 
     def _load(self, split: Split) -> list[Problem]:
         if split == "train":
-            return load_gsm8k(self.train_path or GSM8K_HUB_ID, split="train")
-        return load_gsm8k(self.eval_path or GSM8K_HUB_ID, split="test")
+            return load_gsm8k(self.train_path or default_source("gsm8k/train.jsonl", GSM8K_HUB_ID), split="train")
+        return load_gsm8k(self.eval_path or default_source("gsm8k/test.jsonl", GSM8K_HUB_ID), split="test")
 
     def extract(self, text: str) -> str | None:
         return extract_gsm8k_answer(text, self.answer_format)
@@ -81,7 +82,8 @@ class GSM8KTask(Task):
 class Math500Task(Task):
     """Competition math (MATH-500); LaTeX answers graded by math_verify.
 
-    path: MATH-500 jsonl or hub id (None -> `HuggingFaceH4/MATH-500`).
+    path: MATH-500 jsonl or hub id (None -> $SPO_DATA_DIR/math500/test.jsonl when SPO_DATA_DIR
+      is set, else the hub's `HuggingFaceH4/MATH-500`).
     train_path: MATH-format training jsonl/hub id. When given, eval = all of `path` and train
       = train_path minus any question that also occurs in eval. When None, the 500 problems
       are split deterministically (sha256 of the id): `eval_size` for eval, the rest train,
@@ -106,11 +108,11 @@ class Math500Task(Task):
         super().__init__(answer_format, instruction)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.path, self.train_path, self.eval_size = path or MATH500_HUB_ID, train_path, eval_size
+        self.path, self.train_path, self.eval_size = path, train_path, eval_size
         self.timeout_s, self.grader_backend = timeout_s, grader_backend
 
     def _load(self, split: Split) -> list[Problem]:
-        math500 = load_math(self.path, split="test")
+        math500 = load_math(self.path or default_source("math500/test.jsonl", MATH500_HUB_ID), split="test")
         if self.train_path is None:
             train, evals = hash_split(math500, self.eval_size)
             return train if split == "train" else evals
