@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import textwrap
 import time
 
@@ -162,11 +163,24 @@ def test_weighted_sum_of_a_file_function_and_a_builtin(rewards_file):
     assert reward.errors == 0
 
 
-def test_a_python_callable_in_process_and_one_that_cannot_go_to_a_worker():
+def test_python_callables_in_process_and_in_a_worker():
     reward = build_reward([lambda p, r, problem, f: 0.25, numeric()], isolation="inprocess")
     assert reward(*ARGS) == 1.25
-    with pytest.raises(DataError, match="lambda.*reward_isolation: inprocess"):
-        build_reward(lambda p, r, problem, f: 0.25)
+    bonus = 0.5
+    in_worker = build_reward(lambda p, r, problem, f: bonus + len(problem["answer"]))  # sent by value (dill)
+    assert in_worker(*ARGS) == 1.5
+    assert in_worker.components[0][0].pool is not None
+    connection = sqlite3.connect(":memory:")  # cannot be serialised
+    with pytest.raises(DataError, match="cannot send this function to a worker process"):
+        build_reward(lambda p, r, problem, f: float(connection is None))
+
+
+def test_a_reward_module_that_trains_when_imported_cannot_recurse(tmp_path):
+    script = tmp_path / "careless.py"
+    script.write_text("import spo\n\ndef reward(p, r, problem, f):\n    return 1.0\n\nspo.train('smoke')\n")
+    reward = build_reward(f"{script}:reward", timeout_s=5.0)
+    with pytest.raises(DataError, match=r"inside a reward worker process.*__name__"):
+        reward(*ARGS)
 
 
 @pytest.mark.parametrize("isolation", ["process", "inprocess"])
@@ -226,3 +240,58 @@ def test_dataset_task_passes_the_row_and_finish_reason(tmp_path, rewards_file):
     assert task.reward(p, "abc", truncated=False) == pytest.approx(0.47)
     assert task.reward(p, "abc", truncated=True) == pytest.approx(-0.03)
     assert math.isfinite(task.reward(p, "", truncated=False)) and task.reward_errors == 0
+
+
+# --------------------------------------------------------------------------------------
+# The command line: misuse exits 2 naming the place; a failing reward leaves the run resumable
+
+FLAKY_PY = textwrap.dedent('''
+    import os
+
+    def reward(prompt, response, problem, finish_reason):
+        if os.path.exists(os.environ["SPO_TEST_BREAK"]):
+            raise ValueError("the verifier is broken")
+        return 0.5
+''')
+
+
+def tiny_dataset_run(tmp_path, rows, reward, *extra):
+    opts = "{path: %s, prompt: '{q}', eval_size: 2, reward: '%s', reward_on_error: raise}" % (rows, reward)
+    return ["train", "--config", "smoke", "eval.at_end=false", "sampling.max_new_tokens=4", "task.name=dataset",
+            f"task.options={opts}", *extra]
+
+
+def test_cli_misuse_exits_2_naming_the_place(tmp_path, capsys, rewards_file):
+    from spo.cli import main
+
+    rows = [dict(r) for r in ROWS]
+    del rows[5]["q"]
+    bad_rows = write(tmp_path, "bad.jsonl", rows)
+    assert main(tiny_dataset_run(tmp_path, bad_rows, "exact_match", "--output-dir", str(tmp_path / "a"))) == 2
+    assert "bad.jsonl:6: missing field 'q'" in capsys.readouterr().err
+    good = write(tmp_path, "rows.jsonl")
+    assert main(tiny_dataset_run(tmp_path, good, f"{rewards_file}:nope", "--output-dir", str(tmp_path / "b"))) == 2
+    assert "has no attribute 'nope'" in capsys.readouterr().err
+    assert main(tiny_dataset_run(tmp_path, good, f"{rewards_file}:raises", "--output-dir", str(tmp_path / "c"))) == 2
+    err = capsys.readouterr().err
+    assert "reward" in err and "my_rewards.py" in err and "ZeroDivisionError" in err and "rows.jsonl:" in err
+    assert "Traceback" in err  # the user's function's traceback, not spo's
+
+
+def test_a_reward_that_breaks_mid_run_leaves_the_run_resumable(tmp_path, capsys, monkeypatch):
+    from spo.cli import main
+
+    (tmp_path / "flaky.py").write_text(FLAKY_PY)
+    marker = tmp_path / "broken"
+    monkeypatch.setenv("SPO_TEST_BREAK", str(marker))
+    run = tmp_path / "run"
+    args = tiny_dataset_run(tmp_path, write(tmp_path, "rows.jsonl"), f"{tmp_path / 'flaky.py'}:reward")
+    assert main([*args, "iterations=1", "--output-dir", str(run)]) == 0
+    marker.touch()
+    assert main(["train", "--resume", str(run), "iterations=2"]) == 2
+    assert "the verifier is broken" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text().strip() == "iter_000001"
+    marker.unlink()
+    assert main(["train", "--resume", str(run), "iterations=2"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and all(r["reward_mean"] == 0.5 for r in rows)

@@ -13,6 +13,7 @@ from Python as from `spo train`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from spo.config import ConfigError, RunConfig, build_config, load_yaml, set_path
 from spo.presets import resolve_preset
 from spo.tasks.base import Task
 from spo.tasks.registry import build_task
+from spo.tasks.workers import WORKER_ENV
 
 Overrides = Sequence[str] | Mapping[str, Any]
 """`["section.key=value", ...]` (values parsed as YAML, as on the command line) or
@@ -66,6 +68,10 @@ def train(config: RunConfig | str | Path, *, task: Task | None = None, reward: A
     make_task. `resume`: a run folder, or "auto" (continue `output_dir` when it holds a run)."""
     from spo.train.loop import train as run_training  # torch and transformers: only when training
 
+    if os.environ.get(WORKER_ENV):
+        raise RuntimeError("spo.train was called inside a reward worker process: the reward's module starts "
+                           "training when it is imported; put the training call under "
+                           "`if __name__ == \"__main__\":`")
     cfg = config if isinstance(config, RunConfig) else make_config(config)
     if output_dir is not None:
         cfg.output_dir = str(output_dir)

@@ -26,6 +26,7 @@ with a `RewardError` carrying the user function's traceback. Never a silent NaN.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import inspect
@@ -34,6 +35,7 @@ import math
 import numbers
 import re
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -199,16 +201,18 @@ def import_target(target: str) -> Callable[..., Any]:
     return obj
 
 
+PICKLED = "pickled:"
+"""Worker target prefix: the function is in this file, serialised by value with dill."""
+
+
 def locate(fn: Callable[..., Any]) -> str | None:
     """A "module:qualname" or "file.py:qualname" target a worker process can import `fn`
-    from, or None (a lambda, a closure, a notebook function)."""
+    from, or None (a lambda, a closure, a function of the running script or a notebook:
+    importing the script in the worker would run it again)."""
     qualname = getattr(fn, "__qualname__", "")
     module = getattr(fn, "__module__", None)
-    if not module or "<" in qualname or not qualname:
+    if not module or "<" in qualname or not qualname or module == "__main__":
         return None
-    if module == "__main__":
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        return f"{main_file}:{qualname}" if main_file else None
     if module.startswith("spo_user_reward_"):  # imported from a file path by import_target
         path = getattr(sys.modules.get(module), "__file__", None)
         return f"{path}:{qualname}" if path else None
@@ -281,6 +285,22 @@ def run_user_function(fn: Callable[..., Any], nargs: int, args: Sequence[Any], t
     return box
 
 
+def _pickled(fn: Callable[..., Any], name: str) -> str:
+    """A worker target holding `fn` serialised by value (dill: a lambda, a closure, a function
+    of the running script or a notebook, with the globals it uses)."""
+    import dill
+
+    try:
+        payload = dill.dumps(fn, recurse=True)
+    except Exception as err:
+        raise DataError(f"reward {name}: cannot send this function to a worker process ({type(err).__name__}: "
+                        f"{err}); move it to a module or .py file, or set reward_isolation: inprocess") from None
+    with tempfile.NamedTemporaryFile(prefix="spo-reward-", suffix=".dill", delete=False) as f:
+        f.write(payload)
+    atexit.register(Path(f.name).unlink, missing_ok=True)
+    return PICKLED + f.name
+
+
 class GuardedReward:
     """One reward function with its protections: `__call__` returns a float or an error."""
 
@@ -290,11 +310,7 @@ class GuardedReward:
         self.nargs = arg_count(fn, name)
         self.pool: WorkerPool | None = None
         if isolation == "process" and not trusted:
-            target = locate(fn)
-            if target is None:
-                raise DataError(f"reward {name}: a worker process cannot import this function (a lambda, a closure "
-                                "or one defined in a notebook); move it to a module or .py file, or set "
-                                "reward_isolation: inprocess (no memory cap)")
+            target = locate(fn) or _pickled(fn, name)
             # the parent's import path goes along (as multiprocessing's spawn does), so the
             # worker finds a module the parent imported from a folder it added
             paths = [str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir()]

@@ -30,6 +30,10 @@ WORKER_START_TIMEOUT_S = 120.0
 WORKER_GRACE_S = 2.0
 """Beyond a request's own time limit (the worker's alarm), before the parent kills it."""
 
+WORKER_ENV = "SPO_IN_WORKER"
+"""Set (to "1") inside a worker process, so that `spo.train` refuses to start there: a user
+module that trains when imported would otherwise start a run in every reward worker."""
+
 T = TypeVar("T")
 
 
