@@ -19,7 +19,7 @@ import pytest
 
 from spo.cli import main
 from spo.config import ConfigError
-from spo.evaluate.compare import learning_curve, metric_curve
+from spo.evaluate.learning_curves import learning_curve, metric_curve
 from spo.commands.inspect import add_inspect_commands
 from spo.inspect.page import json_script
 from spo.inspect.run_data import (

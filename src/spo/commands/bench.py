@@ -37,7 +37,7 @@ from spo.config import (
     load_sections,
     to_dict,
 )
-from spo.evaluate.compare import (
+from spo.evaluate.learning_curves import (
     MethodSummary,
     equal_spend,
     equal_spend_table,
