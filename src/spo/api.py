@@ -12,6 +12,7 @@ from Python as from `spo train`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -73,8 +74,8 @@ def train(config: RunConfig | str | Path, *, task: Task | None = None, reward: A
                            "training when it is imported; put the training call under "
                            "`if __name__ == \"__main__\":`")
     cfg = config if isinstance(config, RunConfig) else make_config(config)
-    if output_dir is not None:
-        cfg.output_dir = str(output_dir)
+    if output_dir is not None:  # a copy: the caller's config stays as it was
+        cfg = dataclasses.replace(cfg, output_dir=str(output_dir))
     if task is not None and reward is not None:
         raise ConfigError("pass task= or reward=, not both (a Task object brings its own reward)")
     return run_training(cfg, resume_dir=None if resume is None else str(resume),
