@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spo.config import ConfigError, RunConfig, build_config, load_yaml, set_path, to_dict
+from spo.config import ModelConfig, RunConfig, build_config
+from spo.config_io import ConfigError, load_yaml, set_path, to_dict
 from spo.presets import resolve_preset
 from spo.tasks.base import Task
 from spo.tasks.registry import build_task
@@ -111,10 +112,9 @@ def evaluate(model: str | Path, config: RunConfig | str | Path | None = None, ov
 
     from spo.evaluate.evaluator import evaluate as run_evaluation
     from spo.evaluate.evaluator import evaluation_params, summarize
-    from spo.models import load_policy, load_tokenizer
     from spo.sample.factory import build_engine
     from spo.train.checkpoint import latest_checkpoint
-    from spo.train.sft import resolve_model_name
+    from spo.train.sft import load_model_and_tokenizer
 
     model_path, run_cfg = str(model), None
     if Path(model_path, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
@@ -127,13 +127,12 @@ def evaluate(model: str | Path, config: RunConfig | str | Path | None = None, ov
         cfg = make_config(None, overrides, base=config)
     else:
         cfg = make_config(config, overrides, base=run_cfg)
-    model_path = resolve_model_name(model_path)
     torch.manual_seed(cfg.seed)
     task = task if task is not None else make_task(cfg, reward)
     problems = task.problems("eval", limit if limit is not None else cfg.task.eval_limit)
-    tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer
-                               else resolve_model_name(cfg.model.tokenizer))
-    policy = load_policy(model_path, dtype=cfg.model.dtype)
+    # the model itself (a run's checkpoint: with its own tokenizer), in the config's dtype
+    policy, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=model_path, dtype=cfg.model.dtype,
+                                                             tokenizer=None if run_cfg else cfg.model.tokenizer))
     engine = build_engine(cfg.sampling, policy, tokenizer)
     params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed, cfg.sampling.stop,
                                max_new_tokens=max_new_tokens or None, temperature=temperature)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from spo.config import SFTConfig, describe_options
+from spo.config import RunConfig
+from spo.config_io import describe_options
+from spo.train.sft_config import SFTConfig
 
 
 def cmd_options(args: argparse.Namespace) -> int:
-    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options()
+    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options(RunConfig)
     if args.markdown:
         print("| option | type | default | meaning |\n|---|---|---|---|")
         for key, tp, default, help_ in rows:

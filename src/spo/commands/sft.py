@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from spo.config import build_sft_config, load_yaml
+from spo.config_io import load_yaml
 from spo.presets import resolve_preset
+from spo.train.sft_config import build_sft_config
 
 
 def cmd_sft(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spo.config import ConfigError, load_yaml
+from spo.config_io import ConfigError, load_yaml
 from spo.presets import DEFAULT_PRESET
 
 
