@@ -34,7 +34,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import spo.train.loop
+import spo.train.loop  # noqa: F401 (patched below through sys.modules)
 from spo.cli import main as spo_main
 from spo.config import RunConfig, load_config
 from spo.config_io import describe_options, to_dict
@@ -127,9 +127,9 @@ answers = st.one_of(st.lists(latex_tokens, max_size=30).map("".join), st.text(ma
 # ---------------------------------------------------------------------------------------
 # Running `spo train` up to the first model load.
 
-def _stand_in_for_training(cfg, resume_dir=None):
+def _stand_in_for_training(cfg, resume_dir=None, task=None):
     """What `spo train` does before loading a model: build the task, load both splits."""
-    task = build_task(cfg.task.name, **cfg.task.options)
+    task = task or build_task(cfg.task.name, **cfg.task.options)
     task.problems("train", cfg.task.train_limit)
     task.problems("eval", cfg.task.eval_limit)
     return Path(cfg.output_dir or ".")
@@ -137,12 +137,12 @@ def _stand_in_for_training(cfg, resume_dir=None):
 
 @contextlib.contextmanager
 def stand_in_training() -> Iterator[None]:
-    real = spo.train.loop.train
-    spo.train.loop.train = _stand_in_for_training
+    real = sys.modules["spo.train.loop"].train
+    sys.modules["spo.train.loop"].train = _stand_in_for_training
     try:
         yield
     finally:
-        spo.train.loop.train = real
+        sys.modules["spo.train.loop"].train = real
 
 
 def spo_train(args: list[str]) -> tuple[int, str]:

@@ -25,6 +25,9 @@ Fixtures (all cheap after the first use; none needs the network):
 ``chat_prompts`` (session)
     A few ChatML-encoded prompts (lists of token ids) of different lengths.
 
+The shipped GSM8K/MATH presets read ``$SPO_DATA_DIR`` (else the hub): when it is unset and
+``../shared/data`` (beside the repository) exists, this file points it there.
+
 Tests that need the real SmolLM2 weights are marked ``@pytest.mark.slow``
 (``pytest -m "not slow"`` skips them).
 
@@ -40,6 +43,12 @@ import os
 # threads, any other busy process on a 2-core machine makes every small op wait for a
 # descheduled thread: the tiny-model tests took 5 min instead of 11 s under load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "SPO_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():  # no hub here: the presets' local copies
+    os.environ["SPO_DATA_DIR"] = str(_SHARED_DATA)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from spo.bench import DONE_FILE, load_bench_config
+from spo.commands.bench import DONE_FILE, load_bench_config
 from spo.cli import main
 from spo.config import ConfigError
-from spo.evaluate.compare import (
+from spo.evaluate.learning_curves import (
     CurvePoint,
     common_spend,
     equal_spend,

@@ -281,7 +281,7 @@ def test_the_map_presets_agree_with_their_sft_presets():
 def test_a_gap_compared_between_two_cells_seed_by_seed():
     """H3's test: method-minus-GRPO at equal tokens in cell A and in cell B, per seed, then
     the paired difference of the two."""
-    from spo.evaluate.compare import CurvePoint, differences_at_equal_spend, paired_comparison
+    from spo.evaluate.learning_curves import CurvePoint, differences_at_equal_spend, paired_comparison
 
     def c(end_tokens, end_acc):
         return [CurvePoint(0, 0, 0, 0, 0.2), CurvePoint(4, end_tokens, 0, 0, end_acc)]

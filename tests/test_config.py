@@ -23,11 +23,11 @@ def test_every_shipped_preset_loads(preset):
     if preset.startswith("sft-"):  # presets of `spo sft`
         load_sft_config(PRESETS_DIR / preset)
     elif preset.startswith("bench-"):  # presets of `spo bench`: every method's run config is checked
-        from spo.bench import load_bench_config
+        from spo.commands.bench import load_bench_config
 
         load_bench_config(PRESETS_DIR / preset)
     elif preset.startswith("credit-"):  # presets of `spo credit`: every estimator setting is checked
-        from spo.credit import load_credit_config
+        from spo.commands.credit import load_credit_config
 
         load_credit_config(PRESETS_DIR / preset)
     else:

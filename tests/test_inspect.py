@@ -19,8 +19,8 @@ import pytest
 
 from spo.cli import main
 from spo.config import ConfigError
-from spo.evaluate.compare import learning_curve, metric_curve
-from spo.inspect import add_inspect_commands
+from spo.evaluate.learning_curves import learning_curve, metric_curve
+from spo.commands.inspect import add_inspect_commands
 from spo.inspect.page import json_script
 from spo.inspect.run_data import (
     TokenText,
@@ -30,7 +30,7 @@ from spo.inspect.run_data import (
     rle,
 )
 from spo.inspect.serve import make_server
-from spo.plot import parse_metric, run_labels
+from spo.commands.plot import parse_metric, run_labels
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).resolve().parents[1] / "runs" / "inspect-screenshots"

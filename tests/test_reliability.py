@@ -257,12 +257,15 @@ def test_the_grader_worker_runs_under_a_memory_cap(monkeypatch):
     from spo.tasks import grader
 
     monkeypatch.setenv("SPO_GRADER_MEMORY_MB", "300")
-    worker = grader._GraderWorker()
+    from spo.tasks.workers import JsonLineWorker
+
+    worker = JsonLineWorker("spo.tasks._grader_worker")
     try:
         limits = Path(f"/proc/{worker.proc.pid}/limits").read_text()
         assert [line.split()[3] for line in limits.splitlines() if line.startswith("Max address space")] == [
             str(300 << 20)]
-        assert worker.ask("2^{2^{40}}", "1", timeout_s=2.0) in (False, None)  # wrong, or overran and was killed
+        answer = worker.request({"pred": "2^{2^{40}}", "gold": "1", "timeout_s": 2.0}, timeout_s=2.0)
+        assert answer in ({"equal": False}, None)  # wrong, or overran and was killed
         assert grader.math_answers_equal("0.5", "\\frac{1}{2}", timeout_s=5) is True  # grading goes on
     finally:
         worker.close()

@@ -247,7 +247,7 @@ def test_math_grader_from_worker_thread() -> None:
 
 def test_math_grader_worker_restarts_after_dying() -> None:
     assert math_answers_equal("0.5", "\\frac{1}{2}", backend="process") is True
-    for worker in list(grader._idle_workers):
+    for worker in list(grader._pool._idle):
         worker.proc.kill()
         worker.proc.wait()
     assert math_answers_equal("0.25", "\\frac{1}{4}", backend="process") is True

@@ -260,3 +260,38 @@ def test_task_prompt_ids_carry_instruction() -> None:
     assert task.prompt_ids(tok, p, "plain") == build_prompt_ids(
         tok, "What is 2 + 3 ?", "plain", instruction="Give the answer after ####"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Where the presets' data comes from: the hub by default, $SPO_DATA_DIR when set
+
+def test_presets_name_no_local_data_folder():
+    from spo.presets import PRESETS_DIR
+
+    for preset in PRESETS_DIR.glob("*.yaml"):
+        assert "shared/data" not in preset.read_text(), preset.name
+
+
+def test_gsm8k_and_math500_read_spo_data_dir_else_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    gsm = tmp_path / "gsm8k"
+    gsm.mkdir()
+    for name in ("train", "test"):
+        (gsm / f"{name}.jsonl").write_text(json.dumps({"question": f"{name} q", "answer": "so #### 4"}) + "\n")
+    monkeypatch.setenv("SPO_DATA_DIR", str(tmp_path))
+    task = build_task("gsm8k")
+    assert [p.question for p in task.problems("train") + task.problems("eval")] == ["train q", "test q"]
+    with pytest.raises(DataError, match=r"SPO_DATA_DIR=.*no math500/test.jsonl there"):
+        build_task("math500").problems("train")
+
+    asked = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        asked.append((name, config, split))
+        return datasets.Dataset.from_list([{"question": "hub q", "answer": "#### 1"}])
+
+    monkeypatch.delenv("SPO_DATA_DIR")
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert build_task("gsm8k").problems("train")[0].question == "hub q"
+    assert asked == [("openai/gsm8k", "main", "train")]

@@ -1,4 +1,4 @@
-"""`spo` command line: train, eval, sft, options.
+"""`spo` command line: the parser, the dispatch to spo.commands, and the error handling.
 
     spo train                                   # the demo preset (configs/demo.yaml)
     spo train --config configs/smoke.yaml iterations=3 optim.lr=1e-5
@@ -20,117 +20,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import errno
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-from spo.config import ConfigError, ModelConfig, RunConfig, build_config
-from spo.config_io import describe_options, load_yaml
-from spo.train.sft_config import SFTConfig, build_sft_config
-from spo.inspect import add_inspect_commands
-from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
+from spo.commands.eval import cmd_eval
+from spo.commands.inspect import add_inspect_commands
+from spo.commands.options import cmd_options
+from spo.commands.sft import cmd_sft
+from spo.commands.train import cmd_train
+from spo.config import ConfigError
+from spo.presets import resolve_preset
 from spo.tasks.problems import DataError
 from spo.tasks.prompts import PromptFormatError
 from spo.train.faults import DiskFullError
 
-# Each command imports the stages it runs when it runs, so that `spo options` and `--help`
-# answer at once, without loading torch and transformers.
-
-
-def _config(config: str | None, overrides: list[str], base: dict | None = None) -> RunConfig:
-    data = dict(base or {})
-    if config:
-        data.update(load_yaml(resolve_preset(config)))
-    return build_config(data, overrides)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from spo.train.loop import train
-    from spo.train.run_dir import AUTO
-
-    if args.resume and args.resume != AUTO:  # continue that run: its saved config, then --config, then overrides
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder?)")
-        cfg = _config(args.config, args.overrides, base=load_yaml(saved))
-        cfg.output_dir = str(run_dir)
-    else:  # a new run, or (--resume auto) the same command again: the config is the command's
-        cfg = _config(args.config or DEFAULT_PRESET, args.overrides)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
-    run_dir = train(cfg, resume_dir=args.resume)
-    print(f"run folder: {run_dir}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
-    from spo.sample.factory import build_engine
-    from spo.tasks.registry import build_task
-    from spo.train.checkpoint import latest_checkpoint
-    from spo.train.sft import load_model_and_tokenizer
-
-    model_path = args.model
-    run_cfg = None
-    if Path(args.model, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
-        ck = latest_checkpoint(args.model)
-        if ck is None:
-            raise ConfigError(f"{args.model}: run folder has no complete checkpoint")
-        model_path = str(ck / "model")
-        run_cfg = load_yaml(Path(args.model, "config.yaml"))
-    cfg = _config(args.config, args.overrides, base=run_cfg)
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg.task.name, **cfg.task.options)
-    problems = task.problems("eval", args.limit if args.limit is not None else cfg.task.eval_limit)
-    # the model itself (a run's checkpoint: with its own tokenizer), in the config's dtype
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=model_path, dtype=cfg.model.dtype,
-                                                            tokenizer=None if run_cfg else cfg.model.tokenizer))
-    engine = build_engine(cfg.sampling, model, tokenizer)
-    params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed, cfg.sampling.stop,
-                               max_new_tokens=args.max_new_tokens or None, temperature=args.temperature)
-    k = args.samples or cfg.eval.samples
-    t0 = time.perf_counter()
-    result = evaluate(engine, tokenizer, task, problems, params, k=k,
-                      prompt_format=cfg.task.prompt_format, system_prompt=cfg.task.system_prompt,
-                      prompt_template=cfg.task.prompt_template)
-    summary = summarize(result.per_problem, k)
-    summary["seconds"] = time.perf_counter() - t0
-    name = f"{cfg.task.name}" + (f"/{cfg.task.options['dataset']}" if "dataset" in cfg.task.options else "")
-    print(format_table(name, model_path, summary))
-    # default: beside the checkpoint for a run folder, else in the working directory
-    out = Path(args.output or (Path(model_path).parent / "eval.json" if run_cfg else "eval.json"))
-    out.write_text(json.dumps({"model": model_path, "task": name, "samples": k,
-                               "temperature": params.temperature, "summary": summary,
-                               "problems": result.per_problem}, indent=1))
-    print(f"wrote {out}")
-    return 0
-
-
-def format_table(dataset: str, model: str, summary: dict[str, float]) -> str:
-    keys = [k for k in summary if k not in ("problems", "seconds")]
-    head = "| dataset | problems | " + " | ".join(keys) + " |"
-    line = "|" + "---|" * (len(keys) + 2)
-    row = f"| {dataset} | {int(summary['problems'])} | " + " | ".join(f"{summary[k]:.3f}" for k in keys) + " |"
-    return f"model: {model}\n{head}\n{line}\n{row}"
-
-
-def cmd_sft(args: argparse.Namespace) -> int:
-    from spo.train.sft import describe, run_sft
-
-    cfg = build_sft_config(load_yaml(resolve_preset(args.config)) if args.config else {}, args.overrides)
-    if args.output_dir:
-        cfg.output_dir = args.output_dir
-    print(describe(run_sft(cfg)))
-    return 0
+# Each command (spo.commands) imports the stages it runs when it runs, so that `spo options`
+# and `--help` answer at once, without loading torch and transformers.
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from spo.bench import load_bench_config, run_bench
+    from spo.commands.bench import load_bench_config, run_bench
 
     cfg = load_bench_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
@@ -142,24 +52,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_credit(args: argparse.Namespace) -> int:
-    from spo.credit import load_credit_config, run_credit
+    from spo.commands.credit import load_credit_config, run_credit
 
     cfg = load_credit_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("credit") / Path(args.config).stem)
     run_credit(cfg, out)
     print(f"results: {out}/credit.md, {out}/credit.json, plot: {out}/credit_vs_samples.png")
-    return 0
-
-
-def cmd_options(args: argparse.Namespace) -> int:
-    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options(RunConfig)
-    if args.markdown:
-        print("| option | type | default | meaning |\n|---|---|---|---|")
-        for key, tp, default, help_ in rows:
-            print(f"| `{key}` | {tp} | `{default}` | {help_} |")
-    else:
-        for key, tp, default, help_ in rows:
-            print(f"{key} ({tp}, default {default})\n    {help_}")
     return 0
 
 

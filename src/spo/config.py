@@ -57,8 +57,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["gsm8k", "math500", "reasoning_gym", "arith_steps"] = "reasoning_gym"
-    """Which problems and which grader."""
+    name: Literal["gsm8k", "math500", "reasoning_gym", "arith_steps", "dataset"] = "reasoning_gym"
+    """Which problems and which grader; `dataset`: your own rows and reward (docs/own-task.md)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Task-specific options passed to the task builder (paths, reasoning-gym dataset name and
     its settings, answer extraction rule); see docs/tasks.md."""

@@ -1,7 +1,7 @@
 """The YAML presets shipped with spo (`src/spo/configs/`) and how a preset name is found.
 
 Its own module (not `spo.cli`) so that library code (`spo.train.sft` resolving
-`sft:<preset>` model names, `spo.bench`) can resolve presets without importing the
+`sft:<preset>` model names, `spo.commands.bench`) can resolve presets without importing the
 command line, which imports the trainer.
 """
 

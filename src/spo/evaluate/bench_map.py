@@ -3,7 +3,7 @@ method's difference in held-out accuracy to the baseline (GRPO) at equal generat
 with its paired t interval, in one figure (`spo bench` writes it as OUT/map.png).
 
 `delta_map_data` prepares what is drawn from the cells' `equal_spend` rows (as
-`results.json` holds them, `spo.evaluate.compare.EqualSpend.as_dict`), with no I/O;
+`results.json` holds them, `spo.evaluate.learning_curves.EqualSpend.as_dict`), with no I/O;
 `draw_delta_map` draws those bars and nothing else; `save_delta_map` writes the PNG.
 """
 

@@ -5,9 +5,15 @@
     grader.py    MATH answers compared by math_verify under a time limit (signal or worker process)
     prompts.py   question -> prompt token ids ("chat" template or the reference's "plain")
     arith.py     procedural multi-step arithmetic with step-by-step gold solutions
-    registry.py  Task (problems + extract + reward) and build_task(name, **options)
+    base.py      Task: problems + extract + reward + prompt ids
+    dataset.py   the general dataset task (your rows, template and reward)
+    user_rewards.py  reward functions you write, built-in graders as building blocks, their guards
+    workers.py   time-limited, memory-capped worker processes (math grader, user rewards)
+    registry.py  the built-in tasks and build_task(name, **options)
 """
 
+from spo.tasks.base import Task
+from spo.tasks.dataset import DatasetTask
 from spo.tasks.problems import DataError, Problem
 from spo.tasks.prompts import build_prompt_ids, build_prompt_text
 from spo.tasks.registry import (
@@ -16,7 +22,6 @@ from spo.tasks.registry import (
     GSM8KTask,
     Math500Task,
     ReasoningGymTask,
-    Task,
     build_task,
     task_options,
 )
@@ -32,6 +37,7 @@ __all__ = [
     "Math500Task",
     "ReasoningGymTask",
     "ArithStepsTask",
+    "DatasetTask",
     "build_task",
     "task_options",
 ]

@@ -15,26 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
+
+from spo.tasks.workers import limit_memory, protocol_channel
 
 MEMORY_ENV = "SPO_GRADER_MEMORY_MB"
 DEFAULT_MEMORY_MB = 1024
 
 
-def limit_memory() -> None:
-    megabytes = int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB))
-    if megabytes > 0:
-        limit = megabytes << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def main() -> None:
-    limit_memory()
-    # Keep the protocol channel clean: anything else printed to stdout goes to stderr.
-    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = sys.stderr
+    limit_memory(int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB)))
+    protocol = protocol_channel()
 
     from spo.tasks.grader import math_equal_in_main_thread
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ from spo.tasks.rewards import extract_boxed, parse_number
 
 GSM8K_HUB_ID = "openai/gsm8k"
 MATH500_HUB_ID = "HuggingFaceH4/MATH-500"
+DATA_DIR_ENV = "SPO_DATA_DIR"
+"""Environment variable: a folder of local copies (gsm8k/train.jsonl, gsm8k/test.jsonl,
+math500/test.jsonl) that the gsm8k and math500 tasks read instead of the hub when their
+path options are null (what every shipped preset leaves them)."""
 REASONING_GYM_EVAL_SEED_OFFSET = 10**9
 """Default eval seed = train seed + this. reasoning-gym seeds item i with Random(seed + i),
 so eval_seed = seed + 1 would reproduce the training items shifted by one; an offset of
@@ -47,6 +52,19 @@ class Problem:
 # --------------------------------------------------------------------------------------
 # Reading rows
 # --------------------------------------------------------------------------------------
+
+
+def default_source(relative: str, hub_id: str) -> str:
+    """$SPO_DATA_DIR/`relative` when SPO_DATA_DIR is set (a DataError naming the file when it
+    is not there: a local copy was asked for), else the hub id."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        return hub_id
+    path = Path(folder).expanduser() / relative
+    if not path.is_file():
+        raise DataError(f"{DATA_DIR_ENV}={folder}: no {relative} there ({path}); unset {DATA_DIR_ENV} to load "
+                        f"{hub_id} from the Hugging Face hub, or set the task's path option")
+    return str(path)
 
 
 def _looks_local(source: str | Path) -> bool:

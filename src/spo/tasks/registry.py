@@ -1,7 +1,6 @@
 """Tasks: a problem source + an answer extractor + a grader, built by name.
 
-    task = build_task("gsm8k", train_path="../shared/data/gsm8k/train.jsonl",
-                      eval_path="../shared/data/gsm8k/test.jsonl")
+    task = build_task("gsm8k", train_path="data/gsm8k/train.jsonl", eval_path="data/gsm8k/test.jsonl")
     problems = task.problems("train", limit=64)
     r = task.reward(problems[0], response_text, truncated=False)   # 1.0 or 0.0
 
@@ -18,8 +17,7 @@ import difflib
 import inspect
 import types
 import typing
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from spo.tasks.arith import ArithSpec
 from spo.tasks.arith import splits as arith_splits
@@ -29,91 +27,28 @@ from spo.tasks.problems import (
     MATH500_HUB_ID,
     Problem,
     drop_overlap,
+    default_source,
     hash_split,
     load_gsm8k,
     load_math,
     reasoning_gym_splits,
 )
+from spo.tasks.base import Split, Task
+from spo.tasks.dataset import DatasetTask
 from spo.tasks.grader import GraderBackend, math_answers_equal
-from spo.tasks.prompts import PromptStyle, build_prompt_ids
 from spo.tasks.rewards import (
-    AnswerFormat,
-    check_answer_format,
-    default_instruction,
     extract_answer,
     extract_gsm8k_answer,
     normalize_math_answer,
     numbers_equal,
 )
 
-Split = Literal["train", "eval"]
-
-
-class Task(ABC):
-    """Problems for a split, and the reward of a response to one of them."""
-
-    name: ClassVar[str]
-
-    def __init__(self, answer_format: str, instruction: str | None) -> None:
-        check_answer_format(answer_format)
-        self.answer_format: AnswerFormat = answer_format  # type: ignore[assignment]
-        # None -> the format's default instruction; "" -> no instruction at all.
-        text = default_instruction(answer_format) if instruction is None else instruction
-        self.instruction: str | None = text or None
-        self._cache: dict[str, list[Problem]] = {}
-
-    # --- problems -----------------------------------------------------------------
-    def problems(self, split: Split, limit: int | None = None) -> list[Problem]:
-        """The split's problems in a fixed order (loaded once), at most `limit` of them."""
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, got {limit}")
-        if split not in self._cache:
-            try:
-                self._cache[split] = self._load(split)
-            except (TypeError, ValueError) as err:
-                if isinstance(err, DataError):
-                    raise
-                raise DataError(f"task {self.name!r}: cannot build the {split} split: {err} (check task.options)"
-                                ) from None
-        problems = self._cache[split]
-        if split == "train" and not problems:
-            raise DataError(f"task {self.name!r}: the train split is empty (check task.options: sizes, paths)")
-        return list(problems if limit is None else problems[:limit])
-
-    @abstractmethod
-    def _load(self, split: Split) -> list[Problem]: ...
-
-    # --- grading ------------------------------------------------------------------
-    @abstractmethod
-    def extract(self, text: str) -> str | None:
-        """The answer in a response (canonical form), None when there is none."""
-
-    @abstractmethod
-    def score_answer(self, problem: Problem, answer: str | None) -> float:
-        """Reward of an already-extracted answer (1.0 correct, 0.0 wrong or None)."""
-
-    def reward(self, problem: Problem, text: str, truncated: bool) -> float:
-        """1.0 for a correct, complete response; 0.0 otherwise (truncated ones always 0)."""
-        if truncated:
-            return 0.0
-        return self.score_answer(problem, self.extract(text))
-
-    # --- prompts ------------------------------------------------------------------
-    def prompt_ids(
-        self, tokenizer: Any, problem: Problem, style: PromptStyle = "chat", system_prompt: str | None = None,
-        template: str | None = None,
-    ) -> list[int]:
-        """Prompt token ids for `problem`, with this task's answer-format instruction
-        (`template`: the plain format's, see spo.tasks.prompts)."""
-        return build_prompt_ids(tokenizer, problem.question, style, system_prompt, self.instruction, template)
-
 
 class GSM8KTask(Task):
     """Grade-school math word problems; numeric answers.
 
-    train_path / eval_path: jsonl file or hub id; None -> hub `openai/gsm8k` (train / test).
+    train_path / eval_path: jsonl file or hub id; None -> $SPO_DATA_DIR/gsm8k/{train,test}.jsonl
+      when SPO_DATA_DIR is set, else the hub's `openai/gsm8k` (train / test).
     answer_format: where the answer is read (default "last_hash": after the last "####").
     instruction: appended to each question; None -> the format's default, "" -> none.
     rel_tol: tolerance for non-integer answers (integers must match exactly)."""
@@ -134,8 +69,8 @@ class GSM8KTask(Task):
 
     def _load(self, split: Split) -> list[Problem]:
         if split == "train":
-            return load_gsm8k(self.train_path or GSM8K_HUB_ID, split="train")
-        return load_gsm8k(self.eval_path or GSM8K_HUB_ID, split="test")
+            return load_gsm8k(self.train_path or default_source("gsm8k/train.jsonl", GSM8K_HUB_ID), split="train")
+        return load_gsm8k(self.eval_path or default_source("gsm8k/test.jsonl", GSM8K_HUB_ID), split="test")
 
     def extract(self, text: str) -> str | None:
         return extract_gsm8k_answer(text, self.answer_format)
@@ -147,7 +82,8 @@ class GSM8KTask(Task):
 class Math500Task(Task):
     """Competition math (MATH-500); LaTeX answers graded by math_verify.
 
-    path: MATH-500 jsonl or hub id (None -> `HuggingFaceH4/MATH-500`).
+    path: MATH-500 jsonl or hub id (None -> $SPO_DATA_DIR/math500/test.jsonl when SPO_DATA_DIR
+      is set, else the hub's `HuggingFaceH4/MATH-500`).
     train_path: MATH-format training jsonl/hub id. When given, eval = all of `path` and train
       = train_path minus any question that also occurs in eval. When None, the 500 problems
       are split deterministically (sha256 of the id): `eval_size` for eval, the rest train,
@@ -172,11 +108,11 @@ class Math500Task(Task):
         super().__init__(answer_format, instruction)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.path, self.train_path, self.eval_size = path or MATH500_HUB_ID, train_path, eval_size
+        self.path, self.train_path, self.eval_size = path, train_path, eval_size
         self.timeout_s, self.grader_backend = timeout_s, grader_backend
 
     def _load(self, split: Split) -> list[Problem]:
-        math500 = load_math(self.path, split="test")
+        math500 = load_math(self.path or default_source("math500/test.jsonl", MATH500_HUB_ID), split="test")
         if self.train_path is None:
             train, evals = hash_split(math500, self.eval_size)
             return train if split == "train" else evals
@@ -329,7 +265,7 @@ class ArithStepsTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask, ArithStepsTask)
+    cls.name: cls for cls in (GSM8KTask, Math500Task, ReasoningGymTask, ArithStepsTask, DatasetTask)
 }
 
 
@@ -379,7 +315,7 @@ def _checked_options(cls: type[Task], options: dict[str, Any]) -> dict[str, Any]
 
 
 def build_task(name: str, **options: Any) -> Task:
-    """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps") from keyword options.
+    """Build task `name` ("gsm8k", "math500", "reasoning_gym", "arith_steps", "dataset") from keyword options.
     Unknown names and options raise ValueError listing the valid ones; options of the wrong
     type or out of range raise DataError naming them."""
     valid = task_options(name)

@@ -41,6 +41,7 @@ from spo.optimize.update import NonFiniteLossError, PolicyUpdate
 from spo.sample.factory import build_engine
 from spo.seeds import SALT_EVAL, derive_seed
 from spo.tasks.problems import drop_long_questions, withhold_last
+from spo.tasks.base import Task
 from spo.tasks.registry import build_task
 from spo.train import checkpoint as ckpt
 from spo.train.progress import Progress
@@ -54,7 +55,7 @@ log = logging.getLogger("spo.train")
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False):
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Task | None = None):
         self.cfg, self.run_dir = cfg, run_dir
         self.acc = make_accelerator()  # DDP or FSDP, from `accelerate launch` (docs/distributed.md)
         self.dist = dist = Dist(self.acc)
@@ -68,7 +69,7 @@ class Trainer:
         random.seed(cfg.seed)
 
         # --- task and data
-        self.task = build_task(cfg.task.name, **cfg.task.options)
+        self.task = task if task is not None else build_task(cfg.task.name, **cfg.task.options)
         problems = self.task.problems("train", cfg.task.train_limit)
         self.eval_problems = self.task.problems("eval", cfg.task.eval_limit)
         if cfg.eval.split == "validation":  # withhold the last training problems and evaluate on them
@@ -180,6 +181,8 @@ class Trainer:
         running totals of what the run has used (budgets, plots)."""
         record = iteration_metrics(it, batch, stats, self.dist)
         self.algorithm.finish_record(record, batch)
+        if hasattr(self.task, "reward_errors"):  # user rewards that failed so far (scored 0), all processes
+            record["reward_errors"] = self.dist.global_sum(self.task.reward_errors)
         used = {"tokens": record["tokens_generated_total"], "samples": record["samples_generated"],
                 "seconds": self.dist.global_sum(record["time_total"]) / self.dist.world}  # the same on every process
         for key, value in used.items():
@@ -241,9 +244,9 @@ class Trainer:
         log.info("resumed from %s (iteration %d)", path, done)
 
 
-def train(cfg: RunConfig, resume_dir: str | None = None) -> Path:
+def train(cfg: RunConfig, resume_dir: str | None = None, task: Task | None = None) -> Path:
     """Run or resume training; returns the run folder. `resume_dir`: None (a new run in
     cfg.output_dir), a run folder to continue, or "auto" (continue cfg.output_dir when it has
-    a checkpoint, else start it); see spo.train.run_dir."""
+    a checkpoint, else start it); see spo.train.run_dir. `task`: instead of cfg.task's."""
     with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming):
-        return Trainer(cfg, run_dir, resume=resuming).train()
+        return Trainer(cfg, run_dir, resume=resuming, task=task).train()

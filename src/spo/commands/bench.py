@@ -52,7 +52,7 @@ from spo.evaluate.bench_design import (
     lr_sweep_table,
 )
 from spo.evaluate.bench_map import delta_map_data, save_delta_map
-from spo.evaluate.compare import (
+from spo.evaluate.learning_curves import (
     MethodSummary,
     equal_spend,
     equal_spend_table,
@@ -60,7 +60,7 @@ from spo.evaluate.compare import (
     markdown_table,
     summarize_method,
 )
-from spo.plot import save_curves
+from spo.commands.plot import save_curves
 from spo.train.checkpoint import write_text_atomic
 from spo.train.faults import kill_point
 from spo.train.loop import train

@@ -8,7 +8,7 @@ A metric is a key of metrics.jsonl: `eval/NAME` reads the evaluation lines, `NAM
 `train/NAME`) the training lines, as TensorBoard names them. `--x` puts training
 iterations, generated tokens (MC continuations and tree nodes included), policy samples
 or training seconds (no evaluation) on the x axis; the points come from
-`spo.evaluate.compare.metric_curve`, the function behind the bench's learning curves.
+`spo.evaluate.learning_curves.metric_curve`, the function behind the bench's learning curves.
 Each run is one line, labelled with the shortest end of its path that tells the runs
 apart. Several metrics go into one figure, one panel each. Needs matplotlib
 (`pip install 'spo[bench]'`).
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spo.config import ConfigError
-from spo.evaluate.compare import CurvePoint, metric_curve
+from spo.evaluate.learning_curves import CurvePoint, metric_curve
 from spo.train.run_log import METRICS_FILE, read_metrics
 
 log = logging.getLogger("spo.plot")
