@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import spo.bench as bench_module
-from spo.bench import load_bench_config, run_bench, run_config
+import spo.commands.bench as bench_module
+from spo.commands.bench import load_bench_config, run_bench, run_config
 from spo.config import ConfigError, build_config
 from spo.evaluate.bench_design import (
     Cell,
