@@ -103,7 +103,7 @@ def spo_settings(cfg) -> dict[str, Any]:
         "task": cfg.task.name, "task_options": cfg.task.options, "prompt_format": cfg.task.prompt_format,
         "prompts_per_iteration": s.prompts_per_iteration, "group_size": s.group_size,
         "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
-        "engine_batch_size": s.batch_size, "estimator": a.estimator, "scale_by_std": a.scale_by_std,
+        "engine_batch_size": s.batch_size, "estimator": a.name, "scale_by_std": a.scale_by_std,
         "kl_coef": a.kl_coef, "clip_eps": a.clip_eps, "clip_eps_high": a.clip_eps_high, "loss_agg": a.loss_agg,
         "epochs": a.epochs, "mini_batch_size": a.mini_batch_size, "micro_batch_size": a.micro_batch_size,
         "prob_mask": a.prob_mask, "whiten": a.whiten, "old_logprobs": a.old_logprobs,
@@ -342,8 +342,8 @@ def trl_config_kwargs(cfg, total_iterations: int, output_dir: str) -> tuple[dict
     kw["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = (
         m.gradient_checkpointing
     )
-    if a.estimator != "grpo":
-        diffs.append(f"advantage estimator: spo {a.estimator!r}, TRL GRPO group baseline")
+    if a.name != "grpo":
+        diffs.append(f"advantage estimator: spo {a.name!r}, TRL GRPO group baseline")
     if a.loss_agg == "seq_mean_token_sum":
         diffs.append("loss_agg seq_mean_token_sum ~ TRL dr_grpo (normalised by max_completion_length)")
     if a.prob_mask:

@@ -87,7 +87,7 @@ PHASES = ["sample", "score", "partition", "values", "estimate", "optimize", "tot
 def iteration_phases(cfg, estimator: str) -> dict:
     """Part 2: iteration 0 with `estimator`, phases in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.algorithm.estimator = estimator
+        cfg.algorithm.name = estimator
         trainer = Trainer(cfg, Path(tmp))
         record = trainer.step(0, Progress(enabled=False, quiet=True))
     keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", "reward_mean",

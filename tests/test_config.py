@@ -163,3 +163,9 @@ def test_algorithm_name_and_its_earlier_name_estimator():
 def test_cli_refuses_both_algorithm_names_with_different_values(capsys):
     assert main(["train", "--config", "smoke", "algorithm.name=grpo", "algorithm.estimator=rloo"]) == 2
     assert "algorithm.estimator" in capsys.readouterr().err
+
+
+def test_code_written_before_the_rename_still_reads_and_sets_estimator():
+    a = build_config({}).algorithm
+    a.estimator = "rloo"
+    assert a.name == "rloo" and a.estimator == "rloo"

@@ -230,8 +230,12 @@ class AlgorithmConfig:
 
     @property
     def estimator(self) -> str:
-        """`name`, read under the option's earlier name."""
+        """`name`, under the option's earlier name (for code written before the rename)."""
         return self.name
+
+    @estimator.setter
+    def estimator(self, value: str) -> None:
+        self.name = value
 
 
 @dataclass

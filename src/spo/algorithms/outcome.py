@@ -28,7 +28,7 @@ from spo.estimate.registry import get_estimator
 
 def estimator_options(a: AlgorithmConfig) -> dict[str, Any]:
     """The config options an outcome estimator takes."""
-    return {"scale_by_std": a.scale_by_std, "eps": a.std_eps} if a.estimator == "grpo" else {}
+    return {"scale_by_std": a.scale_by_std, "eps": a.std_eps} if a.name == "grpo" else {}
 
 
 @register_algorithm("grpo", "rloo", "reinforce")
@@ -39,5 +39,5 @@ class OutcomeReward(Algorithm):
         responses = sample_and_score(ctx, iteration, progress, timer)  # 1. and 2.
         with timer("estimate"):  # 3.
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses])
-            set_advantages(responses, get_estimator(a.estimator)(inputs, **estimator_options(a)), self.cfg)
+            set_advantages(responses, get_estimator(a.name)(inputs, **estimator_options(a)), self.cfg)
         return response_batch(responses, timings=timer.seconds)

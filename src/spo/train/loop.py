@@ -5,7 +5,7 @@
     engine.sync_weights()                  the engine samples from the new weights
     log, evaluate, checkpoint
 
-The algorithm (`algorithm.estimator`: grpo, rloo, spo_chain, spo_tree, ...) comes from
+The algorithm (`algorithm.name`: grpo, rloo, spo_chain, spo_tree, ...) comes from
 spo.algorithms, the engine (`sampling.engine`) from spo.sample.factory; this file names
 neither. Data parallelism comes from accelerate: every process takes 1/W of the
 iteration's prompts (whole groups, so group baselines stay local), samples and scores
@@ -63,7 +63,7 @@ class Trainer:
                            ("algorithm.mini_batch_size", cfg.algorithm.mini_batch_size)]:
             if value % dist.world:
                 raise ConfigError(f"{key}={value} must be divisible by the number of processes ({dist.world})")
-        algorithm_cls = algorithm_class(cfg.algorithm.estimator)  # an unknown name fails before any loading
+        algorithm_cls = algorithm_class(cfg.algorithm.name)  # an unknown name fails before any loading
         dist.check_supported(cfg, trains_another_model=algorithm_cls.save_files is not Algorithm.save_files)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
