@@ -1,11 +1,12 @@
 """Train on countdown puzzles with SPO-chain from Python (docs/own-task.md).
 
-    python examples/countdown/train_countdown.py                  # the tiny random model: a minute on a CPU
+    python examples/countdown/train_countdown.py                  # the tiny random model: minutes on a CPU
     python examples/countdown/train_countdown.py --model smollm2-135m-instruct --iterations 50
 
 The default model is a 2-layer random Llama with SmolLM2's tokenizer: it shows the whole
 pipeline (data, prompt, reward in a worker process, SPO-chain's segment values, evaluation)
-in about a minute, but it cannot learn the puzzle; a real model (`--model`) can.
+in minutes on a CPU, but it cannot learn the puzzle; a real model (`--model`) may
+(not measured here).
 """
 
 from __future__ import annotations
