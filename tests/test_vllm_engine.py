@@ -33,7 +33,6 @@ from spo.optimize.logprobs import compute_logprobs
 from spo.sample.engine import SamplingParams, stop_cut
 from spo.sample.factory import build_engine
 from spo.sample.hf_engine import HFEngine
-from spo.sample.vllm_engine import first_stop_cut
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 REQUIRED = os.environ.get("SPO_REQUIRE_VLLM") == "1"
@@ -45,21 +44,6 @@ HEAD_DIM = 32
 
 
 # ------------------------------------------------------------------ no vLLM needed
-
-
-@pytest.mark.parametrize("texts, stops, keep", [
-    (["12", "+7", "=19", "\n\n\nPro", "blem:"], ["\n\n\nProblem:"], 3),
-    (["a", "STOP", "b", "END"], ["END", "STOP"], 1),
-    (["a", "b", "c"], ["x"], None),
-    (["x", "A", "B", "C", "D"], ["ABCD", "BC"], 2),  # read token by token, "BC" completes first ...
-    (["x", "A", "BCD"], ["ABCD", "BC"], 1),          # ... both in the same token: the earliest start
-])
-def test_first_stop_cut_reads_token_by_token(texts, stops, keep):
-    """Where the HF engine's decode loop stops: stop_cut of the text read up to the first
-    token that completes a stop string (not of the whole text)."""
-    assert first_stop_cut(texts, stops) == keep
-    if texts[0] == "x" and texts[-1] == "D":
-        assert stop_cut(texts, stops) == 1  # the whole text would cut at "ABCD"
 
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed here")

@@ -24,7 +24,8 @@ What it does, and why (docs/vllm.md has the full list of choices):
   its last token (finish "eos"); the model's own EOS is not special (``ignore_eos``).
   Stop strings (``SamplingParams.stop``) are matched on each generated token's own text
   (``tokenizer.decode([id])``), the request is aborted as soon as one appears, and the
-  response is cut with :func:`spo.sample.engine.stop_cut` (finish "stop").
+  response is cut where :class:`spo.sample.engine.StopReader` says (finish "stop"), the
+  reader the HF engine uses too.
 * **Prefix caching** with small blocks (``sampling.vllm_block_size``, 32 by default):
   SPO-chain's continuations and each SPO-tree level arrive in one call, so every state
   that shares whole blocks with another is encoded once.
@@ -54,12 +55,13 @@ import torch
 
 from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
-from spo.sample.engine import FinishReason, Rollout, SamplingParams, stop_cut
+from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
+                              requested_tokens, response_budget)
 from spo.sample.hf_engine import default_stop_token_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INSTALL_HINT", "VLLMEngine", "VLLMStats", "first_stop_cut", "import_vllm"]
+__all__ = ["INSTALL_HINT", "VLLMEngine", "VLLMStats", "import_vllm"]
 
 INSTALL_HINT = (
     "sampling.engine=vllm needs vLLM. On a GPU: pip install 'spo[vllm]'. On a CPU: `make vllm-venv` "
@@ -188,22 +190,6 @@ class VLLMStats:
     cached_prompt_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     new_tokens: int = 0
     seconds: float = 0.0
-
-
-def first_stop_cut(token_texts: Sequence[str], stops: Sequence[str]) -> int | None:
-    """Where a response ends when it is read token by token and stopped at the first token
-    whose text completes a stop string (as the HF engine does): the number of its tokens to
-    keep (`stop_cut` of the text read so far), or None when no stop string occurs."""
-    text = "".join(token_texts)
-    ends = [text.find(s) + len(s) for s in stops if s and s in text]
-    if not ends:
-        return None
-    end, offset = min(ends), 0
-    for k, piece in enumerate(token_texts):
-        offset += len(piece)
-        if offset >= end:
-            return stop_cut(token_texts[: k + 1], stops)
-    return stop_cut(token_texts, stops)  # pragma: no cover (end <= len(text))
 
 
 def _mix_seed(*parts: int) -> int:
@@ -446,15 +432,7 @@ class VLLMEngine:
 
         With ``params.seed`` set, the same call returns the same rollouts (each sample is a
         request seeded by the call's seed, the context's index and the sample's index)."""
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need the engine's tokenizer (to read the generated text)")
-        for c in contexts:
-            if len(c) == 0:
-                raise ValueError("empty context: give at least one token (e.g. BOS)")
-        if max_new_tokens is not None and len(max_new_tokens) != len(contexts):
-            raise ValueError(f"{len(contexts)} contexts but {len(max_new_tokens)} max_new_tokens")
+        check_generate_args(contexts, params, n, max_new_tokens, self.tokenizer)
         if self._stale:
             self.sync_weights()
         t0 = time.perf_counter()
@@ -469,10 +447,9 @@ class VLLMEngine:
         stops = tuple(s for s in params.stop if s)
         kind = self._kinds.DELTA if stops else self._kinds.FINAL_ONLY
         slots: dict[str, tuple[int, int, list[int]]] = {}
-        for i, c in enumerate(contexts):
+        for i, (c, cap) in enumerate(zip(contexts, requested_tokens(contexts, params, max_new_tokens))):
             context = [int(t) for t in c]
-            cap = params.max_new_tokens if max_new_tokens is None else int(max_new_tokens[i])
-            budget = min(cap, self.max_context - len(context))
+            budget = response_budget(len(context), cap, self.max_context)
             if budget <= 0:
                 for j in range(n):
                     out[i][j] = Rollout(list(context), [], [], "length")
@@ -513,8 +490,7 @@ class VLLMEngine:
         pending = set(slots)
         ids: dict[str, list[int]] = {k: [] for k in slots}
         logits: dict[str, list[float]] = {k: [] for k in slots}
-        texts: dict[str, list[str]] = {k: [] for k in slots} if stops else {}
-        longest = max((len(s) for s in stops), default=0)
+        readers = {k: StopReader(stops, self.tokenizer) for k in slots} if stops else {}
         counted: set[str] = set()
         while pending:
             if not engine.has_unfinished_requests():
@@ -532,7 +508,7 @@ class VLLMEngine:
                     stats.cached_prompt_tokens += int(result.num_cached_tokens or 0)
                 cut = None
                 if stops:
-                    cut = self._read_stop(texts[key], new_ids, stops, longest)
+                    cut = readers[key].read(new_ids)
                 if cut is not None:
                     pending.discard(key)
                     if not result.finished:
@@ -549,20 +525,6 @@ class VLLMEngine:
                         raise RuntimeError(f"vLLM ended a request with {completion.finish_reason!r} "
                                            f"({completion.stop_reason!r})")
                     self._finish(key, slots[key], toks, logits[key], reason, out, stats)
-
-    def _read_stop(self, texts: list[str], new_ids: list[int], stops, longest: int) -> int | None:
-        """Append the new tokens' texts; where the response ends if one of them completed a
-        stop string (read token by token, as the HF engine does), else None."""
-        start = len(texts)
-        texts.extend(self.tokenizer.decode([t]) for t in new_ids)
-        # only the tail the new tokens can complete is searched
-        tail_from, size = start, sum(len(t) for t in texts[start:])
-        while tail_from > 0 and size < longest + len(texts[-1]):
-            tail_from -= 1
-            size += len(texts[tail_from])
-        if not any(s in "".join(texts[tail_from:]) for s in stops):
-            return None
-        return first_stop_cut(texts, stops)
 
     def _finish(self, key, slot, toks, values, reason, out, stats) -> None:
         i, j, context = slot
