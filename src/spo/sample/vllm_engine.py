@@ -39,15 +39,13 @@ What it does, and why (docs/vllm.md has the full list of choices):
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +55,8 @@ from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
 from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
                               requested_tokens, response_budget)
-from spo.sample.hf_engine import default_stop_token_ids
+from spo.sample.hf_engine import default_stop_token_ids, model_device
+from spo.sample.vllm_args import RUNNER_ENV, check_engine_device, engine_args, model_folder, placement
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,11 @@ def import_vllm():
     raise ConfigError saying how to install it."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name, value in RUNNER_ENV.items():
+        if os.environ.get(name, value).strip().lower() not in (value, "false"):
+            raise ConfigError(f"sampling.engine=vllm needs vLLM's V1 model runner (its V2 runner refuses spo's "
+                              f"logits processor); unset {name} (spo sets it to {value})")
+        os.environ[name] = value
     try:
         import vllm
     except ImportError as err:
@@ -317,39 +321,28 @@ class VLLMEngine:
             enforce_eager = self.on_cpu
         self.block_size = int(block_size)
 
-        # vLLM needs a model folder: the config only (weights are pushed, not loaded)
-        self._folder = tempfile.mkdtemp(prefix="spo-vllm-")
-        atexit.register(shutil.rmtree, self._folder, True)
-        config.save_pretrained(self._folder)
-        dtype = next(model.parameters()).dtype
-        args: dict[str, Any] = dict(
-            model=self._folder,
-            skip_tokenizer_init=True,
-            load_format="dummy",
-            dtype=_dtype_name(dtype),
-            generation_config="vllm",
-            max_model_len=self.max_context,
-            max_num_seqs=int(max_num_seqs),
-            block_size=self.block_size,
-            enable_prefix_caching=enable_prefix_caching,
-            enforce_eager=bool(enforce_eager),
-            logprobs_mode="processed_logits",
-            logits_processors=[_recorder_class()],
-            async_scheduling=False,  # the recorder reads each request's output count at every step
-            seed=0,
-        )
-        if kv_cache_gb is not None:
-            args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        if self.sleep:
-            args["enable_sleep_mode"] = True
-        if self.on_cpu:
-            # per-request seeds crash a prefill split into chunks on the CPU backend
-            args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_context, 8192))
-        else:
-            args["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        # vLLM needs a model folder: the config only (weights are pushed, not loaded), in a folder
+        # named by its content so that vLLM's compile cache finds it again in the next run
+        self._folder = str(model_folder(config.to_json_string()))
+        self.where = placement()
+        if self.where is not None and not self.on_cpu:
+            os.environ.update(self.where.env())  # what external_launcher reads (torchrun sets the same)
+        args = engine_args(folder=self._folder, dtype=_dtype_name(next(model.parameters()).dtype),
+                           max_context=self.max_context, max_num_seqs=max_num_seqs, block_size=self.block_size,
+                           enable_prefix_caching=enable_prefix_caching, enforce_eager=bool(enforce_eager),
+                           kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
+                           sleep=self.sleep, on_cpu=self.on_cpu, where=None if self.on_cpu else self.where,
+                           logits_processors=[_recorder_class()])
+        self.engine_args = args
         t0 = time.perf_counter()
         with _keep_rng_state():
             self.llm = vllm.LLM(**args)
+        if getattr(self.llm.llm_engine.vllm_config, "use_v2_model_runner", False):
+            raise RuntimeError("vLLM chose its V2 model runner, which cannot run spo's logits processor "
+                               f"({RUNNER_ENV} was not honoured); see docs/vllm.md")
+        worker = self._driver_worker()
+        if worker is not None and not self.on_cpu:
+            check_engine_device(getattr(worker, "device", None), model_device(model), self.where)
         self._tag = f"spo{id(self):x}"
         self._calls = 0
         self.sync_seconds: list[float] = []
@@ -366,20 +359,20 @@ class VLLMEngine:
     # ------------------------------------------------------------------ weights
 
     def sync_weights(self) -> None:
-        """Push the policy's current weights into the engine and empty its prefix cache."""
+        """Push the policy's current weights into the engine, one tensor at a time, and empty
+        its prefix cache. Collective under FSDP (each tensor is gathered from its shards):
+        every process syncs its own engine at the same point of the loop."""
         t0 = time.perf_counter()
-        source = plain_copy(self.model) if is_lora(self.model) else self.model
-        state = {name: _whole(t) for name, t in source.state_dict().items()}
         if self._asleep:  # weights' memory first, the KV cache after the push: a lower peak
-            self.llm.wake_up(tags=["weights"])
+            self._wake("weights")
         with torch.no_grad():
             worker = self._driver_worker()
             if worker is not None:
-                worker.reload_weights(weights_iterator=iter(list(state.items())))
+                worker.reload_weights(weights_iterator=push_order(self.model))
             else:  # the worker lives elsewhere: hand it a safetensors folder
-                self._reload_from_folder(source)
+                self._reload_from_folder(plain_copy(self.model) if is_lora(self.model) else self.model)
         if self._asleep:
-            self.llm.wake_up(tags=["kv_cache"])
+            self._wake("kv_cache")
             self._asleep = False
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM did not reset its prefix cache after a weight update")
@@ -387,6 +380,13 @@ class VLLMEngine:
         seconds = time.perf_counter() - t0
         self.sync_seconds.append(seconds)
         log.info("vLLM engine: weights synced in %.2f s", seconds)
+
+    def _wake(self, tag: str) -> None:
+        """Wake one part of a sleeping engine, after handing the trainer's cached but unused
+        blocks back to the GPU (TRL does the same): vLLM re-allocates outside torch's cache."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.llm.wake_up(tags=[tag])
 
     def release_memory(self) -> None:
         """With ``sleep``: free vLLM's weights and KV cache (sleep level 2) until the next
@@ -417,7 +417,6 @@ class VLLMEngine:
         if llm is not None:
             with contextlib.suppress(Exception):
                 llm.llm_engine.engine_core.shutdown()
-        shutil.rmtree(self._folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ sampling
 
@@ -536,6 +535,47 @@ class VLLMEngine:
         logprobs = [values[k] - norms[k] for k in range(len(toks))]
         out[i][j] = Rollout(list(context), list(toks), logprobs, reason)
         stats.new_tokens += len(toks)
+
+
+def push_order(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights as vLLM loads them, (Hugging Face name, whole tensor), made one at a
+    time while vLLM consumes them: at most one gathered (FSDP) or merged (LoRA) tensor exists
+    beside the model at any moment, instead of a second copy of the whole model.
+
+    A LoRA model is merged layer by layer (base weight + peft's ``get_delta_weight``), without
+    a copy of the model and without merging in place (which would round the frozen base
+    weights at every sync). A sharded LoRA model is copied and merged whole (as before)."""
+    if is_lora(model) and not any(hasattr(p, "full_tensor") for p in model.parameters()):
+        yield from _lora_merged(model)
+        return
+    source = plain_copy(model) if is_lora(model) else model
+    for name, tensor in source.state_dict().items():
+        yield name, _whole(tensor)
+
+
+def _lora_merged(model) -> Iterator[tuple[str, torch.Tensor]]:
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    adapters = list(model.active_adapters)
+    wrapped = {f"{name}.base_layer.weight": module for name, module in base.named_modules()
+               if isinstance(module, LoraLayer)}
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        if ".modules_to_save." in name or ".original_module." in name:
+            raise ConfigError("sampling.engine=vllm: LoRA adapters with modules_to_save are not supported "
+                              "(use sampling.engine=hf)")
+        module = wrapped.get(name)
+        if module is not None:
+            with torch.no_grad():
+                for adapter in adapters:
+                    if module.use_dora.get(adapter):
+                        raise ConfigError("sampling.engine=vllm: DoRA adapters are not supported (use "
+                                          "sampling.engine=hf)")
+                    if adapter in module.lora_A:
+                        tensor = tensor + module.get_delta_weight(adapter)
+        yield name.replace(".base_layer.", "."), tensor
 
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
