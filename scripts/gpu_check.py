@@ -147,7 +147,7 @@ def check_push_memory(c: Checks, device: str) -> None:
     """A push makes one whole tensor at a time (FSDP's full_tensor stood in by a copy)."""
     import types
 
-    from spo.sample.vllm_engine import push_order
+    from spo.sample.weight_push import push_order
 
     model = tiny_policy("float32", device)
     sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]

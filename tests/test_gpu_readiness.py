@@ -115,7 +115,7 @@ class _ShardedModel(torch.nn.Module):
 def test_a_push_gathers_one_tensor_at_a_time():
     """The push is streamed: vLLM consumes each gathered tensor before the next is made, so
     the push adds at most the largest tensor, not a second whole model (issue 25, 6.)."""
-    from spo.sample.vllm_engine import push_order
+    from spo.sample.weight_push import push_order
 
     shapes = [(64, 32), (256, 32), (16,), (128, 32)]
     _Shard.made = []
@@ -141,7 +141,7 @@ def test_lora_push_is_merged_layer_by_layer_equal_to_a_merged_copy(make_tiny_mod
     from peft import LoraConfig, get_peft_model
 
     from spo.models import plain_copy
-    from spo.sample.vllm_engine import push_order
+    from spo.sample.weight_push import push_order
 
     model = get_peft_model(make_tiny_model(), LoraConfig(r=4, target_modules="all-linear"))
     with torch.no_grad():

@@ -29,12 +29,18 @@ What it does, and why (docs/vllm.md has the full list of choices):
 * **Prefix caching** with small blocks (``sampling.vllm_block_size``, 32 by default):
   SPO-chain's continuations and each SPO-tree level arrive in one call, so every state
   that shares whole blocks with another is encoded once.
-* **sync_weights()** pushes the policy's full state dict (Hugging Face names; a LoRA model
-  merged first, on a copy) into the running engine with the worker's ``reload_weights``,
-  then empties the prefix cache (cached keys/values of the old weights would otherwise
-  be reused). The first :meth:`generate` also pushes, so the engine starts from the
-  policy's weights as they are then (after a resume, say), not as they were when it was
-  built.
+* **sync_weights()** streams the policy's weights (Hugging Face names, one whole tensor at
+  a time: :func:`spo.sample.weight_push.push_order`) into the running engine with the
+  worker's ``reload_weights``, then empties the prefix cache (cached keys/values of the
+  old weights would otherwise be reused). The trainer calls it on every process after
+  building or resuming and after every update; a :meth:`generate` on an engine that has
+  not been pushed to yet (used on its own, or woken from sleep) pushes first.
+* **On GPUs** the arguments of :mod:`spo.sample.vllm_args`: the V1 model runner, and with
+  several processes vLLM's ``external_launcher`` with a seed per rank, then an assertion
+  that the engine sits on this process's GPU.
+
+Longer than ~450 lines: the recorder, the weight push, sleep and the request loop are the
+one adapter between spo's engine interface and vLLM, and read best together.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +59,7 @@ import torch
 
 from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
+from spo.sample.weight_push import push_order
 from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
                               requested_tokens, response_budget)
 from spo.sample.hf_engine import default_stop_token_ids, model_device
@@ -535,54 +542,6 @@ class VLLMEngine:
         logprobs = [values[k] - norms[k] for k in range(len(toks))]
         out[i][j] = Rollout(list(context), list(toks), logprobs, reason)
         stats.new_tokens += len(toks)
-
-
-def push_order(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights as vLLM loads them, (Hugging Face name, whole tensor), made one at a
-    time while vLLM consumes them: at most one gathered (FSDP) or merged (LoRA) tensor exists
-    beside the model at any moment, instead of a second copy of the whole model.
-
-    A LoRA model is merged layer by layer (base weight + peft's ``get_delta_weight``), without
-    a copy of the model and without merging in place (which would round the frozen base
-    weights at every sync). A sharded LoRA model is copied and merged whole (as before)."""
-    if is_lora(model) and not any(hasattr(p, "full_tensor") for p in model.parameters()):
-        yield from _lora_merged(model)
-        return
-    source = plain_copy(model) if is_lora(model) else model
-    for name, tensor in source.state_dict().items():
-        yield name, _whole(tensor)
-
-
-def _lora_merged(model) -> Iterator[tuple[str, torch.Tensor]]:
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    adapters = list(model.active_adapters)
-    wrapped = {f"{name}.base_layer.weight": module for name, module in base.named_modules()
-               if isinstance(module, LoraLayer)}
-    for name, tensor in base.state_dict().items():
-        if ".lora_" in name:
-            continue
-        if ".modules_to_save." in name or ".original_module." in name:
-            raise ConfigError("sampling.engine=vllm: LoRA adapters with modules_to_save are not supported "
-                              "(use sampling.engine=hf)")
-        module = wrapped.get(name)
-        if module is not None:
-            with torch.no_grad():
-                for adapter in adapters:
-                    if module.use_dora.get(adapter):
-                        raise ConfigError("sampling.engine=vllm: DoRA adapters are not supported (use "
-                                          "sampling.engine=hf)")
-                    if adapter in module.lora_A:
-                        tensor = tensor + module.get_delta_weight(adapter)
-        yield name.replace(".base_layer.", "."), tensor
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (FSDP2) tensor gathered whole; others as they are. Gathering is a collective:
-    under FSDP every process syncs its own engine at the same point of the loop."""
-    full = getattr(tensor, "full_tensor", None)  # a DTensor
-    return full() if full is not None else tensor
 
 
 def _sampled_values(logprobs, token_ids: list[int]) -> list[float]:
