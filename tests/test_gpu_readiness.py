@@ -76,6 +76,9 @@ def test_engine_device_is_asserted():
         check_engine_device("cuda:0", "cuda:1", two)  # what the default executor does (issue 25, 2.)
     with pytest.raises(RuntimeError, match="policy it samples for is on cuda:1"):
         check_engine_device("cuda:0", "cuda:1", None)
+    check_engine_device("cuda:1", "cuda:1", two, current_device="cuda:1")
+    with pytest.raises(RuntimeError, match="current CUDA device is cuda:0, not cuda:1"):
+        check_engine_device("cuda:1", "cuda:1", two, current_device="cuda:0")
 
 
 def test_model_folder_is_stable_across_runs(tmp_path):

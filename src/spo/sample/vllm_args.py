@@ -103,9 +103,14 @@ def engine_args(*, folder: str, dtype: str, max_context: int, max_num_seqs: int,
     return args
 
 
-def check_engine_device(engine_device: Any, policy_device: Any, where: Placement | None) -> None:
+def check_engine_device(engine_device: Any, policy_device: Any, where: Placement | None,
+                        current_device: Any = None) -> None:
     """Raise RuntimeError unless the engine's device is the policy's and, with several
-    processes, this process's own GPU (cuda:LOCAL_RANK)."""
+    processes, this process's own GPU (cuda:LOCAL_RANK), which must also still be the
+    current CUDA device (the trainer's collectives run on it)."""
+    if where is not None and current_device is not None and str(current_device) != f"cuda:{where.local_rank}":
+        raise RuntimeError(f"after building vLLM's engine, process {where.rank}'s current CUDA device is "
+                           f"{current_device}, not cuda:{where.local_rank} (LOCAL_RANK)")
     engine, policy = str(engine_device), str(policy_device)
     if engine.startswith("cuda") and ":" not in engine:
         engine += ":0"

@@ -349,7 +349,8 @@ class VLLMEngine:
                                f"({RUNNER_ENV} was not honoured); see docs/vllm.md")
         worker = self._driver_worker()
         if worker is not None and not self.on_cpu:
-            check_engine_device(getattr(worker, "device", None), model_device(model), self.where)
+            check_engine_device(getattr(worker, "device", None), model_device(model), self.where,
+                                f"cuda:{torch.cuda.current_device()}")
         self._tag = f"spo{id(self):x}"
         self._calls = 0
         self.sync_seconds: list[float] = []
