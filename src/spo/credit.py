@@ -44,7 +44,8 @@ from typing import Any, Literal
 import torch
 
 from spo.cache import cache_dir
-from spo.config import ConfigError, RunConfig, build_config, load_sections, to_dict
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import load_sections, to_dict
 from spo.estimate.chain_values import estimate_chain_values
 from spo.estimate.registry import EstimatorInputs, get_estimator
 from spo.estimate.segment import spo_chain
@@ -61,7 +62,7 @@ from spo.optimize.update import pad_rows
 from spo.partition.segments import partition_response
 from spo.sample.engine import SamplingParams
 from spo.sample.tree import sample_trees
-from spo.seeds import SALT_MC, SALT_SAMPLE, derive_seed
+from spo.seeds import SALT_MC, SALT_SAMPLE, SALT_TRUTH, derive_seed
 from spo.train.checkpoint import write_text_atomic
 
 log = logging.getLogger("spo.credit")
@@ -69,7 +70,6 @@ log = logging.getLogger("spo.credit")
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
 SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo")
-SALT_TRUTH = 23  # the ground truth's continuations: a stream no estimator uses
 
 
 @dataclass
@@ -174,10 +174,9 @@ class Setup:
 
 
 def build_setup(cfg: CreditConfig) -> Setup:
-    from spo.models import load_policy_from_config, load_tokenizer
     from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
-    from spo.train.sft import resolve_model_name
+    from spo.train.sft import load_model_and_tokenizer
 
     rc = build_config(cfg.run)
     torch.manual_seed(rc.seed)
@@ -185,9 +184,7 @@ def build_setup(cfg: CreditConfig) -> Setup:
     problems = task.problems(cfg.credit.split, cfg.credit.prompts)
     if not problems:
         raise ConfigError(f"task {rc.task.name!r} has no {cfg.credit.split} problems")
-    model_cfg = dataclasses.replace(rc.model, name_or_path=resolve_model_name(rc.model.name_or_path))
-    tokenizer = load_tokenizer(resolve_model_name(rc.model.tokenizer or model_cfg.name_or_path))
-    model = load_policy_from_config(model_cfg, seed=rc.seed)
+    model, tokenizer = load_model_and_tokenizer(rc.model, seed=rc.seed)
     model.eval()
     engine = build_engine(rc.sampling, model, tokenizer)
     t = rc.task

@@ -46,7 +46,6 @@ one adapter between spo's engine interface and vLLM, and read best together.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -59,11 +58,12 @@ import torch
 
 from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
-from spo.sample.weight_push import push_order
 from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
                               requested_tokens, response_budget)
 from spo.sample.hf_engine import default_stop_token_ids, model_device
 from spo.sample.vllm_args import RUNNER_ENV, check_engine_device, engine_args, model_folder, placement
+from spo.sample.weight_push import push_order
+from spo.seeds import request_seed
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,6 @@ class VLLMStats:
     seconds: float = 0.0
 
 
-def _mix_seed(*parts: int) -> int:
-    digest = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2  # < 2**62
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -468,7 +465,7 @@ class VLLMEngine:
                     temperature=0.0 if greedy else float(params.temperature),
                     top_p=1.0 if greedy else float(params.top_p),
                     top_k=0 if greedy or params.top_k <= 0 else int(params.top_k),
-                    seed=_mix_seed(base_seed, i, j),
+                    seed=request_seed(base_seed, i, j),
                     max_tokens=int(budget),
                     logprobs=0,
                     stop_token_ids=list(self.stop_token_ids),
