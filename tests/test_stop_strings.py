@@ -7,7 +7,8 @@ import pytest
 
 from spo.algorithms.base import Context, Timer, sample_and_score
 from spo.config import build_config
-from spo.sample.engine import Rollout, SamplingParams, stop_cut
+from spo.sample.engine import (Rollout, SamplingParams, StopReader, check_generate_args, first_stop_cut,
+                              requested_tokens, response_budget, stop_cut)
 from spo.sample.hf_engine import HFEngine
 from spo.models import load_tokenizer
 from spo.seeds import iteration_prompts
@@ -25,6 +26,77 @@ from spo.train.progress import Progress
 ])
 def test_stop_cut(texts, stops, keep):
     assert stop_cut(texts, stops) == keep
+
+
+@pytest.mark.parametrize("texts, stops, keep", [
+    (["12", "+7", "=19", "\n\n\nPro", "blem:"], ["\n\n\nProblem:"], 3),
+    (["a", "STOP", "b", "END"], ["END", "STOP"], 1),
+    (["a", "b", "c"], ["x"], None),
+    (["x", "A", "B", "C", "D"], ["ABCD", "BC"], 2),  # read token by token, "BC" completes first ...
+    (["x", "A", "BCD"], ["ABCD", "BC"], 1),          # ... both in the same token: the earliest start
+])
+def test_first_stop_cut_reads_token_by_token(texts, stops, keep):
+    """Where a decode loop stops: stop_cut of the text read up to the first token that
+    completes a stop string (not of the whole text)."""
+    assert first_stop_cut(texts, stops) == keep
+    if texts[0] == "x" and texts[-1] == "D":
+        assert stop_cut(texts, stops) == 1  # the whole text would cut at "ABCD"
+
+
+class _PieceTokenizer:
+    """Token id i decodes to pieces[i]."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+@pytest.mark.parametrize("texts, stops", [
+    (["12", "+7", "=19", "\n\n\nPro", "blem:", "x"], ["\n\n\nProblem:"]),
+    (["x", "A", "B", "C", "D", "E"], ["ABCD", "BC"]),
+    (["a", "b", "c", "d"], ["x"]),
+    (["a", "b"] * 40 + ["END"], ["abaEND", "bEN"]),
+    (["STOP", "b"], ["STOP", ""]),
+    (["abc", "d", "xyzuvw", "q", "r"], ["cdxy"]),  # begins two tokens before a long new one
+])
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_stop_reader_stops_where_first_stop_cut_says(texts, stops, chunk):
+    """Both engines' rule: reading tokens one by one (HF engine) or several per step (vLLM's
+    deltas), the reader stops at the first step whose tokens complete a stop string, and
+    keeps first_stop_cut of what it has read."""
+    reader = StopReader(stops, _PieceTokenizer(texts))
+    ids, cut, read = list(range(len(texts))), None, 0
+    for start in range(0, len(ids), chunk):
+        cut = reader.read(ids[start : start + chunk])
+        read = start + chunk
+        if cut is not None:
+            break
+    expected = first_stop_cut(texts[:read], stops)
+    assert cut == expected
+    if cut is not None:  # it stopped at the first chunk that completes one
+        assert first_stop_cut(texts[: read - chunk], stops) is None
+    else:
+        assert first_stop_cut(texts, stops) is None
+
+
+def test_generate_arguments_and_budgets_are_one_rule():
+    params = SamplingParams(max_new_tokens=10)
+    check_generate_args([[1], [2, 3]], params, 2, None, None)
+    for contexts, n, caps, tokenizer, p, match in [
+        ([[1]], 0, None, None, params, "n must be"),
+        ([[]], 1, None, None, params, "empty context"),
+        ([[1]], 1, [3, 4], None, params, "1 contexts but 2"),
+        ([[1]], 1, None, None, SamplingParams(stop=("x",)), "tokenizer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_generate_args(contexts, p, n, caps, tokenizer)
+    assert requested_tokens([[1], [2]], params, None) == [10, 10]
+    assert requested_tokens([[1], [2]], params, [3, 4]) == [3, 4]
+    assert response_budget(5, 10, None) == 10
+    assert response_budget(5, 10, 8) == 3
+    assert response_budget(9, 10, 8) == -1  # no room: an empty "length" rollout
 
 
 @pytest.fixture(scope="module")

@@ -207,8 +207,11 @@ class AlgorithmConfig:
     """Whiten token advantages over counted tokens of the whole batch, of each micro-batch, or not."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
     """How per-token losses become one number (token_mean is over the whole mini-batch)."""
-    old_logprobs: Literal["engine", "recompute"] = "engine"
-    """Old log-probs for the PPO ratio: the engine's own, or recomputed by a forward pass."""
+    old_logprobs: Literal["auto", "engine", "recompute"] = "auto"
+    """Old log-probs for the PPO ratio (and SPO's cutpoints and probability mask): the engine's
+    own, or recomputed by a forward pass of the trainer; `auto` = the engine's when the policy
+    is in float32, recomputed otherwise (bf16 engines' log-probs differ from the trainer's by
+    ~1e-2, docs/vllm.md)."""
     epochs: int = 1
     """Passes over each iteration's samples."""
     mini_batch_size: int = 64

@@ -187,6 +187,16 @@ class Context:
         return decode_and_score(self.tokenizer, self.task, [self.problems[i] for i in problem_indices],
                                 responses, truncated)
 
+    def recomputes_old_logprobs(self) -> bool:
+        """Whether the PPO's old log-probs are the trainer's (a forward pass) rather than the
+        engine's: `algorithm.old_logprobs: recompute`, or `auto` with a policy that is not
+        float32 (whose engine's log-probs are rounded differently from the trainer's)."""
+        choice = self.cfg.algorithm.old_logprobs
+        if choice == "auto":
+            weight = next(iter(self.policy.parameters()), None) if self.policy is not None else None
+            return weight is not None and weight.dtype != torch.float32
+        return choice == "recompute"
+
     @torch.no_grad()
     def recompute_logprobs(self, samples: Sequence[TrainSample]) -> None:
         """Replace the engine's old log-probs by a forward pass of the policy
@@ -257,12 +267,12 @@ def score_responses(ctx: Context, responses: Sequence[Response]) -> None:
 
 def sample_and_score(ctx: Context, iteration: int, progress: Any, timer: "Timer") -> list[Response]:
     """G scored responses per prompt (phases "sample" and "score"), with their old
-    log-probs recomputed by the policy when `algorithm.old_logprobs: recompute`."""
+    log-probs recomputed by the policy when `Context.recomputes_old_logprobs`."""
     with timer("sample"):
         responses = sample_responses(ctx, iteration, progress)
     with timer("score"):
         score_responses(ctx, responses)
-    if ctx.cfg.algorithm.old_logprobs == "recompute":
+    if ctx.recomputes_old_logprobs():
         with timer("old_logprobs"):
             ctx.recompute_logprobs(responses)
     return responses

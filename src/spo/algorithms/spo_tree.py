@@ -100,7 +100,7 @@ class SPOTree(Algorithm):
                 chosen = select_edges(groups, self.replay, a.max_edges_per_prompt, iteration, rng)
             for born, edge in chosen.replayed:
                 edge.replayed, edge.age = True, iteration - born
-            if a.old_logprobs == "recompute":  # replayed edges keep the log-probs they were sampled with
+            if ctx.recomputes_old_logprobs():  # replayed edges keep the log-probs they were sampled with
                 ctx.recompute_logprobs(chosen.fresh)
             samples = chosen.fresh + [e for _, e in chosen.replayed]
             selected = len(samples)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from spo.sample.engine import FinishReason, Rollout, SamplingParams, stop_cut
+from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
+                              requested_tokens, response_budget)
 
 log = logging.getLogger(__name__)
 
@@ -177,29 +178,18 @@ class HFEngine:
         returns the same rollouts; which samples a given context gets depends on the
         whole call, not on the context alone.
         """
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need the engine's tokenizer (to read the generated text)")
-        for c in contexts:
-            if len(c) == 0:
-                raise ValueError("empty context: give at least one token (e.g. BOS)")
+        check_generate_args(contexts, params, n, max_new_tokens, self.tokenizer)
         t0 = time.perf_counter()
         stats = EngineStats(contexts=len(contexts))
         out: list[list[Rollout | None]] = [[None] * n for _ in contexts]
 
         # distinct contexts -> slots
-        if max_new_tokens is not None and len(max_new_tokens) != len(contexts):
-            raise ValueError(f"{len(contexts)} contexts but {len(max_new_tokens)} max_new_tokens")
         by_ctx: dict[tuple[tuple[int, ...], int], list[tuple[int, int]]] = {}
-        for i, c in enumerate(contexts):
-            cap = params.max_new_tokens if max_new_tokens is None else int(max_new_tokens[i])
+        for i, (c, cap) in enumerate(zip(contexts, requested_tokens(contexts, params, max_new_tokens))):
             by_ctx.setdefault((tuple(int(t) for t in c), cap), []).extend((i, j) for j in range(n))
         jobs: list[_Job] = []
         for (key, cap), slots in by_ctx.items():
-            budget = cap
-            if self.max_context is not None:
-                budget = min(budget, self.max_context - len(key))
+            budget = response_budget(len(key), cap, self.max_context)
             if budget <= 0:
                 for i, j in slots:
                     out[i][j] = Rollout(list(key), [], [], "length")
@@ -254,21 +244,6 @@ class HFEngine:
             logits_to_keep=1,
         ).logits[:, -1, :]
 
-    def _stop_cut(self, texts: list[str], token_id: int, stops: tuple[str, ...]) -> int | None:
-        """Append the new token's text; where the response ends if it completed a stop
-        string (`stop_cut`), else None. Only the tail that the new token can complete is
-        searched, so a long response costs no more per step than a short one."""
-        texts.append(self.tokenizer.decode([token_id]))
-        longest = max(len(s) for s in stops)
-        tail = ""
-        for piece in reversed(texts):
-            tail = piece + tail
-            if len(tail) >= longest + len(texts[-1]):
-                break
-        if not any(s and s in tail for s in stops):
-            return None
-        return stop_cut(texts, stops)
-
     def _run_group(self, group, params, gen, stop, device, out, stats) -> None:
         U = len(group)
         lens = [len(jb.context) for jb in group]
@@ -311,7 +286,7 @@ class HFEngine:
         rows = list(range(B))  # rows still alive -> index into slots
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
-        texts: list[list[str]] = [[] for _ in range(B)]  # each generated token's text (stop strings)
+        readers = [StopReader(params.stop, self.tokenizer) for _ in range(B)] if params.stop else None
         step = 0
         while True:
             tok, lp = _sample(logits, params, gen)
@@ -323,7 +298,7 @@ class HFEngine:
             stats.new_tokens += len(rows)
             is_stop = torch.isin(tok, stop)
             done = is_stop | (budget <= step)
-            cuts = [self._stop_cut(texts[r], t, params.stop) for r, t in zip(rows, tok_l)] if params.stop else None
+            cuts = [readers[r].read([t]) for r, t in zip(rows, tok_l)] if readers is not None else None
             if cuts is not None and any(c is not None for c in cuts):
                 done = done | torch.tensor([c is not None for c in cuts], device=device)
             if bool(done.any()):

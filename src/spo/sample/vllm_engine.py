@@ -24,25 +24,30 @@ What it does, and why (docs/vllm.md has the full list of choices):
   its last token (finish "eos"); the model's own EOS is not special (``ignore_eos``).
   Stop strings (``SamplingParams.stop``) are matched on each generated token's own text
   (``tokenizer.decode([id])``), the request is aborted as soon as one appears, and the
-  response is cut with :func:`spo.sample.engine.stop_cut` (finish "stop").
+  response is cut where :class:`spo.sample.engine.StopReader` says (finish "stop"), the
+  reader the HF engine uses too.
 * **Prefix caching** with small blocks (``sampling.vllm_block_size``, 32 by default):
   SPO-chain's continuations and each SPO-tree level arrive in one call, so every state
   that shares whole blocks with another is encoded once.
-* **sync_weights()** pushes the policy's full state dict (Hugging Face names; a LoRA model
-  merged first, on a copy) into the running engine with the worker's ``reload_weights``,
-  then empties the prefix cache (cached keys/values of the old weights would otherwise
-  be reused). The first :meth:`generate` also pushes, so the engine starts from the
-  policy's weights as they are then (after a resume, say), not as they were when it was
-  built.
+* **sync_weights()** streams the policy's weights (Hugging Face names, one whole tensor at
+  a time: :func:`spo.sample.weight_push.push_order`) into the running engine with the
+  worker's ``reload_weights``, then empties the prefix cache (cached keys/values of the
+  old weights would otherwise be reused). The trainer calls it on every process after
+  building or resuming and after every update; a :meth:`generate` on an engine that has
+  not been pushed to yet (used on its own, or woken from sleep) pushes first.
+* **On GPUs** the arguments of :mod:`spo.sample.vllm_args`: the V1 model runner, and with
+  several processes vLLM's ``external_launcher`` with a seed per rank, then an assertion
+  that the engine sits on this process's GPU.
+
+Longer than ~450 lines: the recorder, the weight push, sleep and the request loop are the
+one adapter between spo's engine interface and vLLM, and read best together.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -53,13 +58,16 @@ import torch
 
 from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
-from spo.sample.engine import FinishReason, Rollout, SamplingParams, stop_cut
-from spo.sample.hf_engine import default_stop_token_ids
+from spo.sample.engine import (FinishReason, Rollout, SamplingParams, StopReader, check_generate_args,
+                              requested_tokens, response_budget)
+from spo.sample.hf_engine import default_stop_token_ids, model_device
+from spo.sample.vllm_args import RUNNER_ENV, check_engine_device, engine_args, model_folder, placement
+from spo.sample.weight_push import push_order
 from spo.seeds import request_seed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INSTALL_HINT", "VLLMEngine", "VLLMStats", "first_stop_cut", "import_vllm"]
+__all__ = ["INSTALL_HINT", "VLLMEngine", "VLLMStats", "import_vllm"]
 
 INSTALL_HINT = (
     "sampling.engine=vllm needs vLLM. On a GPU: pip install 'spo[vllm]'. On a CPU: `make vllm-venv` "
@@ -83,6 +91,11 @@ def import_vllm():
     raise ConfigError saying how to install it."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name, value in RUNNER_ENV.items():
+        if os.environ.get(name, value).strip().lower() not in (value, "false"):
+            raise ConfigError(f"sampling.engine=vllm needs vLLM's V1 model runner (its V2 runner refuses spo's "
+                              f"logits processor); unset {name} (spo sets it to {value})")
+        os.environ[name] = value
     try:
         import vllm
     except ImportError as err:
@@ -190,20 +203,6 @@ class VLLMStats:
     seconds: float = 0.0
 
 
-def first_stop_cut(token_texts: Sequence[str], stops: Sequence[str]) -> int | None:
-    """Where a response ends when it is read token by token and stopped at the first token
-    whose text completes a stop string (as the HF engine does): the number of its tokens to
-    keep (`stop_cut` of the text read so far), or None when no stop string occurs."""
-    text = "".join(token_texts)
-    ends = [text.find(s) + len(s) for s in stops if s and s in text]
-    if not ends:
-        return None
-    end, offset = min(ends), 0
-    for k, piece in enumerate(token_texts):
-        offset += len(piece)
-        if offset >= end:
-            return stop_cut(token_texts[: k + 1], stops)
-    return stop_cut(token_texts, stops)  # pragma: no cover (end <= len(text))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -326,39 +325,29 @@ class VLLMEngine:
             enforce_eager = self.on_cpu
         self.block_size = int(block_size)
 
-        # vLLM needs a model folder: the config only (weights are pushed, not loaded)
-        self._folder = tempfile.mkdtemp(prefix="spo-vllm-")
-        atexit.register(shutil.rmtree, self._folder, True)
-        config.save_pretrained(self._folder)
-        dtype = next(model.parameters()).dtype
-        args: dict[str, Any] = dict(
-            model=self._folder,
-            skip_tokenizer_init=True,
-            load_format="dummy",
-            dtype=_dtype_name(dtype),
-            generation_config="vllm",
-            max_model_len=self.max_context,
-            max_num_seqs=int(max_num_seqs),
-            block_size=self.block_size,
-            enable_prefix_caching=enable_prefix_caching,
-            enforce_eager=bool(enforce_eager),
-            logprobs_mode="processed_logits",
-            logits_processors=[_recorder_class()],
-            async_scheduling=False,  # the recorder reads each request's output count at every step
-            seed=0,
-        )
-        if kv_cache_gb is not None:
-            args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        if self.sleep:
-            args["enable_sleep_mode"] = True
-        if self.on_cpu:
-            # per-request seeds crash a prefill split into chunks on the CPU backend
-            args.update(enable_chunked_prefill=False, max_num_batched_tokens=max(self.max_context, 8192))
-        else:
-            args["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        # vLLM needs a model folder: the config only (weights are pushed, not loaded), in a folder
+        # named by its content so that vLLM's compile cache finds it again in the next run
+        self._folder = str(model_folder(config.to_json_string()))
+        self.where = placement()
+        if self.where is not None and not self.on_cpu:
+            os.environ.update(self.where.env())  # what external_launcher reads (torchrun sets the same)
+        args = engine_args(folder=self._folder, dtype=_dtype_name(next(model.parameters()).dtype),
+                           max_context=self.max_context, max_num_seqs=max_num_seqs, block_size=self.block_size,
+                           enable_prefix_caching=enable_prefix_caching, enforce_eager=bool(enforce_eager),
+                           kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
+                           sleep=self.sleep, on_cpu=self.on_cpu, where=None if self.on_cpu else self.where,
+                           logits_processors=[_recorder_class()])
+        self.engine_args = args
         t0 = time.perf_counter()
         with _keep_rng_state():
             self.llm = vllm.LLM(**args)
+        if getattr(self.llm.llm_engine.vllm_config, "use_v2_model_runner", False):
+            raise RuntimeError("vLLM chose its V2 model runner, which cannot run spo's logits processor "
+                               f"({RUNNER_ENV} was not honoured); see docs/vllm.md")
+        worker = self._driver_worker()
+        if worker is not None and not self.on_cpu:
+            check_engine_device(getattr(worker, "device", None), model_device(model), self.where,
+                                f"cuda:{torch.cuda.current_device()}")
         self._tag = f"spo{id(self):x}"
         self._calls = 0
         self.sync_seconds: list[float] = []
@@ -375,20 +364,20 @@ class VLLMEngine:
     # ------------------------------------------------------------------ weights
 
     def sync_weights(self) -> None:
-        """Push the policy's current weights into the engine and empty its prefix cache."""
+        """Push the policy's current weights into the engine, one tensor at a time, and empty
+        its prefix cache. Collective under FSDP (each tensor is gathered from its shards):
+        every process syncs its own engine at the same point of the loop."""
         t0 = time.perf_counter()
-        source = plain_copy(self.model) if is_lora(self.model) else self.model
-        state = {name: _whole(t) for name, t in source.state_dict().items()}
         if self._asleep:  # weights' memory first, the KV cache after the push: a lower peak
-            self.llm.wake_up(tags=["weights"])
+            self._wake("weights")
         with torch.no_grad():
             worker = self._driver_worker()
             if worker is not None:
-                worker.reload_weights(weights_iterator=iter(list(state.items())))
+                worker.reload_weights(weights_iterator=push_order(self.model))
             else:  # the worker lives elsewhere: hand it a safetensors folder
-                self._reload_from_folder(source)
+                self._reload_from_folder(plain_copy(self.model) if is_lora(self.model) else self.model)
         if self._asleep:
-            self.llm.wake_up(tags=["kv_cache"])
+            self._wake("kv_cache")
             self._asleep = False
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM did not reset its prefix cache after a weight update")
@@ -396,6 +385,13 @@ class VLLMEngine:
         seconds = time.perf_counter() - t0
         self.sync_seconds.append(seconds)
         log.info("vLLM engine: weights synced in %.2f s", seconds)
+
+    def _wake(self, tag: str) -> None:
+        """Wake one part of a sleeping engine, after handing the trainer's cached but unused
+        blocks back to the GPU (TRL does the same): vLLM re-allocates outside torch's cache."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.llm.wake_up(tags=[tag])
 
     def release_memory(self) -> None:
         """With ``sleep``: free vLLM's weights and KV cache (sleep level 2) until the next
@@ -426,7 +422,6 @@ class VLLMEngine:
         if llm is not None:
             with contextlib.suppress(Exception):
                 llm.llm_engine.engine_core.shutdown()
-        shutil.rmtree(self._folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ sampling
 
@@ -441,15 +436,7 @@ class VLLMEngine:
 
         With ``params.seed`` set, the same call returns the same rollouts (each sample is a
         request seeded by the call's seed, the context's index and the sample's index)."""
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need the engine's tokenizer (to read the generated text)")
-        for c in contexts:
-            if len(c) == 0:
-                raise ValueError("empty context: give at least one token (e.g. BOS)")
-        if max_new_tokens is not None and len(max_new_tokens) != len(contexts):
-            raise ValueError(f"{len(contexts)} contexts but {len(max_new_tokens)} max_new_tokens")
+        check_generate_args(contexts, params, n, max_new_tokens, self.tokenizer)
         if self._stale:
             self.sync_weights()
         t0 = time.perf_counter()
@@ -464,10 +451,9 @@ class VLLMEngine:
         stops = tuple(s for s in params.stop if s)
         kind = self._kinds.DELTA if stops else self._kinds.FINAL_ONLY
         slots: dict[str, tuple[int, int, list[int]]] = {}
-        for i, c in enumerate(contexts):
+        for i, (c, cap) in enumerate(zip(contexts, requested_tokens(contexts, params, max_new_tokens))):
             context = [int(t) for t in c]
-            cap = params.max_new_tokens if max_new_tokens is None else int(max_new_tokens[i])
-            budget = min(cap, self.max_context - len(context))
+            budget = response_budget(len(context), cap, self.max_context)
             if budget <= 0:
                 for j in range(n):
                     out[i][j] = Rollout(list(context), [], [], "length")
@@ -508,8 +494,7 @@ class VLLMEngine:
         pending = set(slots)
         ids: dict[str, list[int]] = {k: [] for k in slots}
         logits: dict[str, list[float]] = {k: [] for k in slots}
-        texts: dict[str, list[str]] = {k: [] for k in slots} if stops else {}
-        longest = max((len(s) for s in stops), default=0)
+        readers = {k: StopReader(stops, self.tokenizer) for k in slots} if stops else {}
         counted: set[str] = set()
         while pending:
             if not engine.has_unfinished_requests():
@@ -527,7 +512,7 @@ class VLLMEngine:
                     stats.cached_prompt_tokens += int(result.num_cached_tokens or 0)
                 cut = None
                 if stops:
-                    cut = self._read_stop(texts[key], new_ids, stops, longest)
+                    cut = readers[key].read(new_ids)
                 if cut is not None:
                     pending.discard(key)
                     if not result.finished:
@@ -545,20 +530,6 @@ class VLLMEngine:
                                            f"({completion.stop_reason!r})")
                     self._finish(key, slots[key], toks, logits[key], reason, out, stats)
 
-    def _read_stop(self, texts: list[str], new_ids: list[int], stops, longest: int) -> int | None:
-        """Append the new tokens' texts; where the response ends if one of them completed a
-        stop string (read token by token, as the HF engine does), else None."""
-        start = len(texts)
-        texts.extend(self.tokenizer.decode([t]) for t in new_ids)
-        # only the tail the new tokens can complete is searched
-        tail_from, size = start, sum(len(t) for t in texts[start:])
-        while tail_from > 0 and size < longest + len(texts[-1]):
-            tail_from -= 1
-            size += len(texts[tail_from])
-        if not any(s in "".join(texts[tail_from:]) for s in stops):
-            return None
-        return first_stop_cut(texts, stops)
-
     def _finish(self, key, slot, toks, values, reason, out, stats) -> None:
         i, j, context = slot
         norms = _LOG_NORMS.pop(key, {})
@@ -569,13 +540,6 @@ class VLLMEngine:
         logprobs = [values[k] - norms[k] for k in range(len(toks))]
         out[i][j] = Rollout(list(context), list(toks), logprobs, reason)
         stats.new_tokens += len(toks)
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (FSDP2) tensor gathered whole; others as they are. Gathering is a collective:
-    under FSDP every process syncs its own engine at the same point of the loop."""
-    full = getattr(tensor, "full_tensor", None)  # a DTensor
-    return full() if full is not None else tensor
 
 
 def _sampled_values(logprobs, token_ids: list[int]) -> list[float]:

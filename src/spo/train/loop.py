@@ -118,6 +118,10 @@ class Trainer:
             self._resume()
         elif dist.is_main:
             save_config(cfg, run_dir / "config.yaml")
+        # the engine starts from the policy's weights as they are now (built or resumed), pushed
+        # here on every process: under FSDP the push gathers shards, a collective that must not
+        # wait on a process that samples nothing (an evaluation with no problems of its own)
+        self.engine.sync_weights()
 
     # ------------------------------------------------------------------ the loop
 
