@@ -25,6 +25,7 @@ from torch import Tensor
 from spo.algorithms.base import (
     Algorithm,
     Batch,
+    Response,
     Timer,
     estimator_inputs,
     response_batch,
@@ -71,9 +72,13 @@ class ReinforcePP(Algorithm):
     kl_in_loss = False
 
     def collect(self, iteration: int, progress: Any) -> Batch:
-        ctx, a = self.ctx, self.cfg.algorithm
         timer = Timer()
-        responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
+        responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
+        self.advantages(responses, iteration, progress, timer)  # 2. and 3.
+        return response_batch(responses, timings=timer.seconds)
+
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        ctx, a = self.ctx, self.cfg.algorithm
         width = max((len(r.response_ids) for r in responses), default=1)
         old = pad_rows([r.logprobs for r in responses], width)
         token_kl = torch.zeros_like(old)
@@ -89,4 +94,4 @@ class ReinforcePP(Algorithm):
             returns = reinforce_pp(inputs, kl_coef=a.kl_coef)
             set_advantages(responses, whiten_across(returns, inputs.response_mask, ctx.dist.global_sum),
                            self.cfg)
-        return response_batch(responses, timings=timer.seconds)
+        return {}

@@ -48,22 +48,32 @@ class Segments:
 class SPOChain(Algorithm):
     partition_rule: str | None = None  # None: `algorithm.partition`
 
+    @property
+    def rule(self) -> str:
+        """The partition rule in force (VinePPO: always "step")."""
+        return self.partition_rule or self.cfg.algorithm.partition
+
     def partition(self, response: Response) -> tuple[list[int], list[int]]:
         """(boundaries, cutpoints) of one response."""
         a = self.cfg.algorithm
-        rule = self.partition_rule or a.partition
         texts = None
-        if rule == "step":  # each token's own text, to find the step delimiter in
+        if self.rule == "step":  # each token's own text, to find the step delimiter in
             texts = self.ctx.tokenizer.batch_decode([[t] for t in response.response_ids])
-        return partition_response(response.logprobs, rule=rule, rho=a.rho, interval=a.interval,
+        return partition_response(response.logprobs, rule=self.rule, rho=a.rho, interval=a.interval,
                                   segment_length=a.segment_length, max_segments=a.max_segments,
                                   token_texts=texts, delimiter=a.step_delimiter)
 
     def collect(self, iteration: int, progress: Any) -> Batch:
-        ctx, a = self.ctx, self.cfg.algorithm
         timer = Timer()
-        responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
+        responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
+        work = self.advantages(responses, iteration, progress, timer)  # 2. - 5.
+        return response_batch(
+            responses, timings=timer.seconds, work=work,
+            extra_tokens=work["mc_tokens"], sequences_generated=len(responses) + work["mc_continuations"],
+        )
 
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        ctx, a = self.ctx, self.cfg.algorithm
         with timer("partition"):  # 2.
             parts = [self.partition(r) for r in responses]
             boundaries = [b for b, _ in parts]
@@ -86,9 +96,5 @@ class SPOChain(Algorithm):
                                       values=[torch.tensor(v, dtype=torch.float32) for v in chain.values])
             set_advantages(responses, spo_chain(inputs), self.cfg)
 
-        continuations = chain.states * a.mc_samples
-        return response_batch(
-            responses, timings=timer.seconds,
-            work={"mc_states": chain.states, "mc_tokens": chain.continuation_tokens, "mc_continuations": continuations},
-            extra_tokens=chain.continuation_tokens, sequences_generated=len(responses) + continuations,
-        )
+        return {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens,
+                "mc_continuations": chain.states * a.mc_samples}
