@@ -182,6 +182,12 @@ class AlgorithmConfig:
     """SPO-chain: continuations sampled per boundary to estimate its value (N)."""
     start_value: Literal["group_mean", "mc"] = "group_mean"
     """SPO-chain: V(t_0), the prompt's value, from the mean reward of its G responses, or by MC."""
+    mc_group_samples: bool = False
+    """SPO-chain/VinePPO: count the group's own responses as samples of a state's value. A
+    response of the same prompt whose first t tokens equal the state's prefix (exact token
+    comparison) is an on-policy rollout from it: its reward counts in V, and only
+    `mc_samples` minus those are sampled fresh. A state's own response never counts for
+    it (its boundary was placed by its next token); docs/algorithms.md."""
     tree_branching: list[int] = field(default_factory=lambda: [6, 6, 6])
     """SPO-tree: children per node at each level (depth D = its length); replaces
     `sampling.group_size`. Levels 1..D-1 generate `segment_length` tokens, the last runs to the end."""

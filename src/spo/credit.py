@@ -258,6 +258,7 @@ class Estimate:
     tree_advantages: list[list[float | None]] = field(default_factory=list)
     tree_rewards: list[list[float | None]] = field(default_factory=list)
     work: dict[str, int] = field(default_factory=dict)  # the advantages step's extra sampling
+    values: list[list[float]] | None = None  # SPO-chain, VinePPO: V at each boundary, per response
 
 
 def describe(rc: RunConfig, algorithm: Any) -> str:
@@ -268,7 +269,7 @@ def describe(rc: RunConfig, algorithm: Any) -> str:
     if name in CHAIN:
         part = {"cutpoint": f"cutpoints rho={a.rho} interval={a.interval}", "fixed": f"every {a.segment_length} tokens",
                 "step": "steps"}[algorithm.rule]
-        return f"N={a.mc_samples}, {part}, V(0)={a.start_value}"
+        return f"N={a.mc_samples}, {part}, V(0)={a.start_value}" + (", group samples" if a.mc_group_samples else "")
     if name == "reinforce_pp":
         return f"G={rc.sampling.group_size}, returns whitened over the batch"
     if name == "ppo":
@@ -294,7 +295,8 @@ def run_estimator(setup: Setup, rc: RunConfig, label: str, index: int, resp: Res
     return Estimate(label, name, describe(rc, algorithm),
                     len(responses) + work.get("mc_continuations", 0) + spent_samples,
                     resp.tokens + work.get("mc_tokens", 0) + spent_tokens,
-                    [list(r.advantages) for r in responses], boundaries, work=work)
+                    [list(r.advantages) for r in responses], boundaries, work=work,
+                    values=[list(r.details.values) for r in responses] if name in CHAIN else None)
 
 
 def run_tree(setup: Setup, rc: RunConfig, label: str, index: int) -> Estimate:
@@ -483,6 +485,10 @@ class Row:
     samples_per_prompt: float
     token: CreditMetrics | None  # token level (units of `stride` tokens)
     segment: CreditMetrics  # its own segments (outcome: the whole response) or tree edges
+    continuations: int = 0  # MC continuations drawn (SPO-chain, VinePPO)
+    value_mse: float | None = None  # MC methods: mean (V - V*)^2 over their interior boundaries
+    value_bias: float | None = None  # mean V - V* there
+    values: int = 0  # how many values those are
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -534,7 +540,16 @@ def score_estimate(e: Estimate, gt: GroundTruth, resp: Responses, opts: CreditOp
                 true.append(vc - vp)
                 se.append(math.sqrt(sc * sc + sp * sp))
         segment = credit_metrics([est], [true], [se], z=opts.z)
-    return Row(e.label, e.estimator, e.settings, e.samples, e.tokens, e.samples / prompts, token, segment)
+    row = Row(e.label, e.estimator, e.settings, e.samples, e.tokens, e.samples / prompts, token, segment,
+              continuations=e.work.get("mc_continuations", 0))
+    if e.values is not None:  # each MC value against V* at its state
+        errors = [v[k] - _v(gt, resp, i, b[k])[0]
+                  for i, (b, v) in enumerate(zip(e.boundaries, e.values)) for k in range(1, len(b) - 1)]
+        if errors:
+            row.value_mse = sum(x * x for x in errors) / len(errors)
+            row.value_bias = sum(errors) / len(errors)
+            row.values = len(errors)
+    return row
 
 
 # ---------------------------------------------------------------------------------------
@@ -607,19 +622,23 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"(accuracy {result['accuracy']:.3f}, {result['wrong_responses']} wrong), {result['response_tokens']} "
             f"response tokens. Ground truth: K = {gt['k']} continuations at {gt['states']} states (stride {gt['stride']}; "
             f"{gt['states_sampled_now']} sampled now, {gt['seconds']:.0f} s). Wall time {result['seconds']['wall']:.0f} s.\n\n")
-    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "token r", "token r ceiling", "token sign", "token MSE",
+    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "continuations", "value MSE (bias)", "token r", "token r ceiling", "token sign", "token MSE",
             "blame hit", "blame chance", "blame covers (share)", "segment r", "segment sign", "segment MSE", "segments")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         t, s = r["token"] or {}, r["segment"]
         lines.append("| " + " | ".join([
             r["label"], r["estimator"], r["settings"], f"{r['samples_per_prompt']:.1f}", f"{r['tokens']:,}",
+            f"{r.get('continuations', 0):,}",
+            "-" if r.get("value_mse") is None else f"{r['value_mse']:.4f} ({r['value_bias']:+.4f})",
             _f(t.get("pearson")), _f(t.get("ceiling")), _f(t.get("sign_agreement")), _f(t.get("mse"), 4),
             _f(t.get("blame_hit")) + (f" ({t['blame_responses']})" if t else ""), _f(t.get("blame_chance")),
             _f(t.get("blame_covers"), 2) + (f" ({_f(t.get('blame_share'), 2)})" if t else ""),
             _f(s["pearson"]), _f(s["sign_agreement"]), _f(s["mse"], 4), str(s["units"]),
         ]) + " |")
-    notes = ("\n\ntoken r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
+    notes = ("\n\ncontinuations: MC continuations drawn for the values (SPO-chain, VinePPO); value MSE (bias): "
+             "their values V(t_k) at interior boundaries against V*(t_k), mean squared error and mean error. "
+             "token r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
              "(ceiling: the r that exact advantages would reach against this noisy A*) "
              "(sign: tokens with |A*| > z SE, a 0 estimate counting 1/2); blame hit: share of wrong responses (with a "
              "clear drop; their count in brackets) whose most negative advantage is on the token where V* drops most, "

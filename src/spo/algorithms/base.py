@@ -72,7 +72,9 @@ class Response(TrainSample):
 
     def log_record(self) -> dict[str, Any]:
         return {
-            **(dataclasses.asdict(self.details) if self.details is not None else {}),
+            # a details field left None (an option that is off) is not logged
+            **({k: v for k, v in dataclasses.asdict(self.details).items() if v is not None}
+               if self.details is not None else {}),
             "problem_index": self.problem_index,
             "group_id": self.group_id,
             "prompt_ids": self.prompt_ids,

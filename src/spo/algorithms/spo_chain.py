@@ -42,6 +42,9 @@ class Segments:
     values: list[float]  # V(t_0) .. V(t_K)
     value_samples: list[int]  # samples behind each V (the group size for V(t_0), 0 for V(t_K))
     cutpoints: list[int]
+    value_group_samples: list[int] | None = None
+    """With `algorithm.mc_group_samples`: how many of each V's samples are the group's own
+    responses (the rest, value_samples minus these, are fresh continuations)."""
 
 
 @register_algorithm("spo_chain")
@@ -86,15 +89,21 @@ class SPOChain(Algorithm):
                 ctx.engine, [r.prompt_ids for r in responses], [r.response_ids for r in responses],
                 [r.reward for r in responses], [r.group_id for r in responses], boundaries, score,
                 num_samples=a.mc_samples, params=ctx.sampling_params(iteration, SALT_MC), start_value=a.start_value,
+                group_samples=a.mc_group_samples,
             )
 
         with timer("estimate"):  # 4. and 5.
-            for r, (b, cuts), v, n in zip(responses, parts, chain.values, chain.value_samples):
-                r.details = Segments(boundaries=b, values=v, value_samples=n, cutpoints=cuts)
+            for k, (r, (b, cuts), v, n) in enumerate(zip(responses, parts, chain.values, chain.value_samples)):
+                r.details = Segments(boundaries=b, values=v, value_samples=n, cutpoints=cuts,
+                                     value_group_samples=None if chain.group_samples is None else chain.group_samples[k])
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses],
                                       boundaries=boundaries,
                                       values=[torch.tensor(v, dtype=torch.float32) for v in chain.values])
             set_advantages(responses, spo_chain(inputs), self.cfg)
 
-        return {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens,
-                "mc_continuations": chain.states * a.mc_samples}
+        work = {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens,
+                "mc_continuations": chain.continuations}
+        if a.mc_group_samples:  # states none of whose samples had to be drawn, and the group samples used
+            work["mc_states_free"] = chain.states_free
+            work["mc_group_samples"] = chain.free_samples
+        return work
