@@ -29,6 +29,8 @@ SETTINGS = {
     "spo_chain": {"estimator": "spo_chain", "mc_samples": 2, "interval": 1, "prob_mask": True},
     "spo_chain_mc_start": {"estimator": "spo_chain", "mc_samples": 2, "partition": "fixed", "segment_length": 2,
                            "start_value": "mc"},
+    "spo_chain_group_adaptive": {"estimator": "spo_chain", "mc_samples": 3, "interval": 1, "mc_group_samples": True,
+                                 "mc_allocation": "adaptive", "mc_budget": 1.5, "start_value": "mc"},
     "vineppo": {"estimator": "vineppo", "mc_samples": 2, "step_delimiter": "e"},
     "ppo": {"estimator": "ppo", "critic_lam": 0.95},
     "spo_tree": {"estimator": "spo_tree", "tree_branching": [2, 2], "segment_length": 2},

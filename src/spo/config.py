@@ -188,6 +188,20 @@ class AlgorithmConfig:
     comparison) is an on-policy rollout from it: its reward counts in V, and only
     `mc_samples` minus those are sampled fresh. A state's own response never counts for
     it (its boundary was placed by its next token); docs/algorithms.md."""
+    mc_allocation: Literal["fixed", "adaptive"] = "fixed"
+    """SPO-chain/VinePPO: how fresh continuations are spread over the states. fixed: N
+    (`mc_samples`) per state. adaptive: a budget of `mc_budget` x N x states per iteration,
+    in rounds: every state first gets `mc_min_samples`; then states whose samples all agree
+    stop, and the rest of the budget goes, `mc_min_samples` at a time, to the states whose
+    values' posterior variance (Beta for rewards in [0, 1]) most burdens the advantages
+    they enter. The stopping rule biases values towards 0 or 1 (docs/algorithms.md)."""
+    mc_budget: float = 1.0
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: fresh continuations per iteration,
+    as a multiple of the fixed rule's mc_samples x states (at most; what is left when
+    every state has stopped is not spent)."""
+    mc_min_samples: int = 2
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: samples every state gets first (its
+    group samples count), and the step of each later round."""
     tree_branching: list[int] = field(default_factory=lambda: [6, 6, 6])
     """SPO-tree: children per node at each level (depth D = its length); replaces
     `sampling.group_size`. Levels 1..D-1 generate `segment_length` tokens, the last runs to the end."""
@@ -348,6 +362,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
     need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
+    need(a.mc_min_samples >= 1, "algorithm.mc_min_samples", "must be >= 1")
+    need(a.mc_budget * a.mc_samples >= a.mc_min_samples, "algorithm.mc_budget",
+         f"x mc_samples must cover mc_min_samples ({a.mc_budget} x {a.mc_samples} < {a.mc_min_samples})")
     need(len(a.tree_branching) >= 1 and all(b >= 1 for b in a.tree_branching), "algorithm.tree_branching",
          f"must be a non-empty list of integers >= 1, got {a.tree_branching}")
     need(a.max_edges_per_prompt >= 1, "algorithm.max_edges_per_prompt", "must be >= 1")

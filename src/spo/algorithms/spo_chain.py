@@ -29,6 +29,7 @@ from spo.algorithms.base import (
 )
 from spo.algorithms.registry import register_algorithm
 from spo.estimate.chain_values import estimate_chain_values
+from spo.estimate.mc_allocation import Allocator, adaptive_allocation
 from spo.estimate.segment import spo_chain
 from spo.partition.segments import partition_response
 from spo.seeds import SALT_MC
@@ -66,6 +67,13 @@ class SPOChain(Algorithm):
                                   segment_length=a.segment_length, max_segments=a.max_segments,
                                   token_texts=texts, delimiter=a.step_delimiter)
 
+    def allocation(self) -> Allocator | None:
+        """The fresh-continuation rule (None: N per state, `estimate_chain_values`'s default)."""
+        a = self.cfg.algorithm
+        if a.mc_allocation == "adaptive":
+            return adaptive_allocation(a.mc_samples, a.mc_budget, a.mc_min_samples)
+        return None
+
     def collect(self, iteration: int, progress: Any) -> Batch:
         timer = Timer()
         responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
@@ -89,7 +97,7 @@ class SPOChain(Algorithm):
                 ctx.engine, [r.prompt_ids for r in responses], [r.response_ids for r in responses],
                 [r.reward for r in responses], [r.group_id for r in responses], boundaries, score,
                 num_samples=a.mc_samples, params=ctx.sampling_params(iteration, SALT_MC), start_value=a.start_value,
-                group_samples=a.mc_group_samples,
+                group_samples=a.mc_group_samples, allocate=self.allocation(),
             )
 
         with timer("estimate"):  # 4. and 5.
@@ -103,6 +111,8 @@ class SPOChain(Algorithm):
 
         work = {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens,
                 "mc_continuations": chain.continuations}
+        if a.mc_allocation == "adaptive":
+            work["mc_engine_calls"] = chain.engine_calls
         if a.mc_group_samples:  # states none of whose samples had to be drawn, and the group samples used
             work["mc_states_free"] = chain.states_free
             work["mc_group_samples"] = chain.free_samples

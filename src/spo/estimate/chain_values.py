@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Literal, Sequence
 
-from spo.sample.engine import RolloutEngine, SamplingParams
+from spo.estimate.mc_allocation import Allocator, fixed_allocation
+from spo.sample.engine import Rollout, RolloutEngine, SamplingParams
 
 ScoreFn = Callable[[int, list[int], bool], float]
 """score(episode_index, full_response_ids, truncated) -> reward of that response."""
@@ -42,6 +43,11 @@ class ChainValues:
     engine_calls: int = 0
     states_free: int = 0  # states whose every sample came from the group
     free_samples: int = 0  # group samples per state (each episode of a state: matching - 1), summed over states
+    draws: list[tuple[int, int, Rollout, float]] | None = None
+    """With `keep_draws`: every fresh continuation as (episode, t, rollout, reward): the state
+    (episode's prompt + its first t tokens) it continues and the reward it scored."""
+    state_value: list[float] | None = None
+    """With `keep_draws`: per state, V as its first episode sees it (that of `draws`)."""
 
 
 def group_mean_rewards(rewards: Sequence[float], group_ids: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -69,22 +75,6 @@ def matching_responses(prompt_ids: Sequence[list[int]], response_ids: Sequence[l
     return out
 
 
-Allocator = Callable[[list[int], list[list[float]], int], dict[int, int]]
-"""allocate(free_counts, rewards_so_far, round) -> {state: continuations to draw now};
-an empty answer ends the sampling (see spo.estimate.mc_allocation)."""
-
-
-def fixed_allocation(num_samples: int) -> Allocator:
-    """Today's rule: every state gets N samples in one round (group samples count toward N)."""
-
-    def allocate(free: list[int], drawn: list[list[float]], round_index: int) -> dict[int, int]:
-        if round_index > 0:
-            return {}
-        return {s: num_samples - f for s, f in enumerate(free) if num_samples - f > 0}
-
-    return allocate
-
-
 def estimate_chain_values(
     engine: RolloutEngine,
     prompt_ids: Sequence[list[int]],
@@ -99,6 +89,7 @@ def estimate_chain_values(
     start_value: Literal["group_mean", "mc"] = "group_mean",
     group_samples: bool = False,
     allocate: Allocator | None = None,
+    keep_draws: bool = False,
 ) -> ChainValues:
     """V at every boundary of every response; see the module docstring.
 
@@ -113,8 +104,8 @@ def estimate_chain_values(
     several episodes is therefore per episode: the fresh continuations plus every other
     matching response.
 
-    allocate: who gets how many fresh continuations, in rounds (default: N per state,
-    less its group samples, in one round)."""
+    allocate: who gets how many fresh continuations, in rounds (spo.estimate.mc_allocation;
+    default: N per state, less its group samples, in one round)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if start_value not in ("group_mean", "mc"):
@@ -152,10 +143,20 @@ def estimate_chain_values(
     # per distinct count (one call in all for the fixed rule without group samples).
     allocate = allocate or fixed_allocation(num_samples)
     drawn: list[list[float]] = [[] for _ in states]
+    # the allocator sees each state's samples as its first episode does, and how many
+    # advantages its value enters (per episode: the segments before and after it; V(t_0) one)
+    group_rewards = [[float(rewards[j]) for j in m if j != states[s][0]] for s, m in enumerate(matching)]
+    uses = [0] * len(states)
+    for row in needs:
+        for k, sid in enumerate(row):
+            if sid is not None:
+                uses[sid] += 1 if k == 0 else 2
     tokens = calls = 0
+    draws: list[tuple[int, int, Rollout, float]] = []
     round_index = 0
     while states:
-        request = {s: n for s, n in allocate(free, drawn, round_index).items() if n > 0}
+        pools = [g + d for g, d in zip(group_rewards, drawn)]
+        request = {s: n for s, n in allocate(free, pools, uses, round_index).items() if n > 0}
         if not request:
             break
         for n in sorted(set(request.values()), reverse=True):
@@ -174,6 +175,8 @@ def estimate_chain_values(
                 for r in group:
                     tokens += len(r.response_ids)
                     drawn[s].append(score(i, prefix + list(r.response_ids), r.truncated or budget == 0))
+                    if keep_draws:
+                        draws.append((i, t, r, drawn[s][-1]))
         round_index += 1
 
     # 4. Assemble V(t_0..t_K) per episode.
@@ -203,4 +206,7 @@ def estimate_chain_values(
         from_group.append(n_group)
     return ChainValues(values, samples, len(states), tokens, continuations=sum(len(d) for d in drawn),
                        group_samples=from_group if group_samples else None, engine_calls=calls,
-                       states_free=sum(not d for d in drawn), free_samples=sum(free))
+                       states_free=sum(not d for d in drawn), free_samples=sum(free),
+                       draws=draws if keep_draws else None,
+                       state_value=[values[i][needs[i].index(s)] for s, (i, _) in enumerate(states)] if keep_draws
+                       else None)
