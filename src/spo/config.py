@@ -162,10 +162,15 @@ class AlgorithmConfig:
     """Count only tokens whose old probability is below `mask_rho` in the loss (SPO's mask)."""
     mask_rho: float | None = None
     """Probability threshold of the mask (null = the partition's `rho`)."""
-    partition: Literal["cutpoint", "fixed", "step"] = "cutpoint"
+    partition: Literal["cutpoint", "fixed", "step", "lowest"] = "cutpoint"
     """SPO-chain's segment rule: a boundary before every `interval`-th token whose old
-    probability is below `rho` (cutpoint), every `segment_length` tokens (fixed), or after
-    every `step_delimiter` (step, VinePPO's reasoning steps; `vineppo` always uses it)."""
+    probability is below `rho` (cutpoint), every `segment_length` tokens (fixed), after
+    every `step_delimiter` (step, VinePPO's reasoning steps; `vineppo` always uses it), or
+    before the `probe_points` cutpoints of lowest probability (lowest: MC values where the
+    policy was least sure, at most `probe_points` states per response)."""
+    probe_points: int = 4
+    """SPO-chain with `partition: lowest`: boundaries per response (the K lowest-probability
+    cutpoints; fewer when it has fewer cutpoints)."""
     step_delimiter: str = "\n"
     """The text that ends a reasoning step for the step partition (VinePPO splits at newlines)."""
     rho: float = 0.9
@@ -202,6 +207,13 @@ class AlgorithmConfig:
     mc_min_samples: int = 2
     """SPO-chain/VinePPO with `mc_allocation: adaptive`: samples every state gets first (its
     group samples count), and the step of each later round."""
+    train_on_continuations: bool = False
+    """SPO-chain/VinePPO: train on the MC continuations too. Each continuation from state s_k
+    (prompt + the response's first t_k tokens) is an on-policy response to that context: it
+    joins the batch with every token's advantage r - V(s_k) (V including it), its loss mask
+    by the responses' rule (the probability mask too), its tokens in the loss
+    normalisation. The iteration keeps its planned number of optimizer steps, so its
+    mini-batches grow (docs/algorithms.md)."""
     tree_branching: list[int] = field(default_factory=lambda: [6, 6, 6])
     """SPO-tree: children per node at each level (depth D = its length); replaces
     `sampling.group_size`. Levels 1..D-1 generate `segment_length` tokens, the last runs to the end."""
@@ -362,6 +374,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
     need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
+    need(a.probe_points >= 1, "algorithm.probe_points", "must be >= 1")
     need(a.mc_min_samples >= 1, "algorithm.mc_min_samples", "must be >= 1")
     need(a.mc_budget * a.mc_samples >= a.mc_min_samples, "algorithm.mc_budget",
          f"x mc_samples must cover mc_min_samples ({a.mc_budget} x {a.mc_samples} < {a.mc_min_samples})")

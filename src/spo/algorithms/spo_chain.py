@@ -8,6 +8,9 @@ values at the segment boundaries of each sampled response.
                   x + y_1..y_{t_k} (0 < k < K); V(t_K) = r; V(t_0) = the group's mean reward
     4. advantages every token of segment k gets A_k = V(t_k) - V(t_{k-1})
     5. mask       with the probability mask, only cutpoint tokens count in the loss
+
+With `algorithm.train_on_continuations` the MC continuations of step 3 are trained on too
+(each from its state s_k, every token's advantage r - V(s_k)): see docs/algorithms.md.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ class Segments:
     responses (the rest, value_samples minus these, are fresh continuations)."""
 
 
+@dataclass
+class Continuation:
+    """A recycled MC continuation's record (`algorithm.train_on_continuations`): where it
+    comes from. Its line in the episode log follows the response whose state it continues."""
+
+    kind: str  # "continuation"
+    state_episode: int  # that response's position among the iteration's responses (this process)
+    state_tokens: int  # t: it continues the response's first t tokens
+    state_value: float  # V(s_k), its baseline
+
+
 @register_algorithm("spo_chain")
 class SPOChain(Algorithm):
     partition_rule: str | None = None  # None: `algorithm.partition`
@@ -65,7 +79,7 @@ class SPOChain(Algorithm):
             texts = self.ctx.tokenizer.batch_decode([[t] for t in response.response_ids])
         return partition_response(response.logprobs, rule=self.rule, rho=a.rho, interval=a.interval,
                                   segment_length=a.segment_length, max_segments=a.max_segments,
-                                  token_texts=texts, delimiter=a.step_delimiter)
+                                  token_texts=texts, delimiter=a.step_delimiter, probe_points=a.probe_points)
 
     def allocation(self) -> Allocator | None:
         """The fresh-continuation rule (None: N per state, `estimate_chain_values`'s default)."""
@@ -78,10 +92,22 @@ class SPOChain(Algorithm):
         timer = Timer()
         responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
         work = self.advantages(responses, iteration, progress, timer)  # 2. - 5.
-        return response_batch(
+        batch = response_batch(
             responses, timings=timer.seconds, work=work,
             extra_tokens=work["mc_tokens"], sequences_generated=len(responses) + work["mc_continuations"],
         )
+        if self.cfg.algorithm.train_on_continuations:  # trained, and logged under their state's response
+            recycled = self.recycled
+            if self.cfg.algorithm.old_logprobs == "recompute" and recycled:
+                with timer("old_logprobs"):
+                    self.ctx.recompute_logprobs(recycled)
+            batch.samples += recycled
+            under: dict[int, list[Response]] = {}
+            for c in recycled:
+                under.setdefault(c.details.state_episode, []).append(c)
+            batch.episode_log = [line for k, r in enumerate(responses)
+                                 for line in [r.log_record()] + [c.log_record() for c in under.get(k, [])]]
+        return batch
 
     def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
         ctx, a = self.ctx, self.cfg.algorithm
@@ -98,6 +124,7 @@ class SPOChain(Algorithm):
                 [r.reward for r in responses], [r.group_id for r in responses], boundaries, score,
                 num_samples=a.mc_samples, params=ctx.sampling_params(iteration, SALT_MC), start_value=a.start_value,
                 group_samples=a.mc_group_samples, allocate=self.allocation(),
+                keep_draws=a.train_on_continuations,
             )
 
         with timer("estimate"):  # 4. and 5.
@@ -108,12 +135,45 @@ class SPOChain(Algorithm):
                                       boundaries=boundaries,
                                       values=[torch.tensor(v, dtype=torch.float32) for v in chain.values])
             set_advantages(responses, spo_chain(inputs), self.cfg)
+            self.recycled = self.recycle(responses, chain) if a.train_on_continuations else []
 
         work = {"mc_states": chain.states, "mc_tokens": chain.continuation_tokens,
                 "mc_continuations": chain.continuations}
         if a.mc_allocation == "adaptive":
             work["mc_engine_calls"] = chain.engine_calls
+        if a.train_on_continuations:
+            work["continuations_trained"] = len(self.recycled)
+            work["continuation_tokens_trained"] = sum(len(c.response_ids) for c in self.recycled)
         if a.mc_group_samples:  # states none of whose samples had to be drawn, and the group samples used
             work["mc_states_free"] = chain.states_free
             work["mc_group_samples"] = chain.free_samples
         return work
+
+    def recycle(self, responses: list[Response], chain: Any) -> list[Response]:
+        """Every fresh continuation as a training sample: context = prompt + the state's
+        prefix, response = the continuation, every token's advantage r - V(s_k) (V as the
+        state's first episode sees it, this continuation among its samples), the loss mask
+        by the same rule as the responses'."""
+        position = {id(r): k for k, r in enumerate(responses)}
+        out = []
+        for i, t, rollout, reward in chain.draws:
+            if not rollout.response_ids:  # nothing to train on
+                continue
+            owner = responses[i]
+            sid_value = chain.values[i][owner.details.boundaries.index(t)]
+            out.append(Response(
+                problem_index=owner.problem_index, group_id=owner.group_id,
+                prompt_ids=list(owner.prompt_ids) + list(owner.response_ids[:t]),
+                response_ids=list(rollout.response_ids), logprobs=list(rollout.logprobs),
+                finish_reason=rollout.finish_reason, reward=reward,
+                text=self.ctx.tokenizer.decode(rollout.response_ids, skip_special_tokens=True),
+                details=Continuation(kind="continuation", state_episode=position[id(owner)], state_tokens=t,
+                                     state_value=sid_value),
+            ))
+        if out:
+            width = max(len(c.response_ids) for c in out)
+            advantages = torch.zeros(len(out), max(width, 1))
+            for k, c in enumerate(out):
+                advantages[k, : len(c.response_ids)] = c.reward - c.details.state_value
+            set_advantages(out, advantages, self.cfg)
+        return out

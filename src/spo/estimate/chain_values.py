@@ -46,8 +46,6 @@ class ChainValues:
     draws: list[tuple[int, int, Rollout, float]] | None = None
     """With `keep_draws`: every fresh continuation as (episode, t, rollout, reward): the state
     (episode's prompt + its first t tokens) it continues and the reward it scored."""
-    state_value: list[float] | None = None
-    """With `keep_draws`: per state, V as its first episode sees it (that of `draws`)."""
 
 
 def group_mean_rewards(rewards: Sequence[float], group_ids: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -207,6 +205,4 @@ def estimate_chain_values(
     return ChainValues(values, samples, len(states), tokens, continuations=sum(len(d) for d in drawn),
                        group_samples=from_group if group_samples else None, engine_calls=calls,
                        states_free=sum(not d for d in drawn), free_samples=sum(free),
-                       draws=draws if keep_draws else None,
-                       state_value=[values[i][needs[i].index(s)] for s, (i, _) in enumerate(states)] if keep_draws
-                       else None)
+                       draws=draws if keep_draws else None)
