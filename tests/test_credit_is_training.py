@@ -31,6 +31,7 @@ SETTINGS = {
                            "start_value": "mc"},
     "spo_chain_group_adaptive": {"estimator": "spo_chain", "mc_samples": 3, "interval": 1, "mc_group_samples": True,
                                  "mc_allocation": "adaptive", "mc_budget": 1.5, "start_value": "mc"},
+    "spo_chain_lowest": {"estimator": "spo_chain", "mc_samples": 2, "partition": "lowest", "probe_points": 2},
     "vineppo": {"estimator": "vineppo", "mc_samples": 2, "step_delimiter": "e"},
     "ppo": {"estimator": "ppo", "critic_lam": 0.95},
     "spo_tree": {"estimator": "spo_tree", "tree_branching": [2, 2], "segment_length": 2},
