@@ -185,3 +185,36 @@ def test_group_samples_can_cover_a_state_without_any_engine_call():
                                 params=SamplingParams(max_new_tokens=32), group_samples=True)
     assert est.continuations == 0 and est.engine_calls == 0 and est.states_free == 1
     assert est.values[0][1] == pytest.approx(2 / 3) and est.value_samples[0][1] == 3
+
+
+def test_group_samples_are_unbiased_where_counting_the_states_own_episode_would_not_be():
+    """A policy that writes 5, then 1 with probability 0.05 (reward 1) or 0 (reward 0): V([5]) =
+    0.05. The cutpoint rule (rho 0.9) puts a boundary at t = 1 only when the second token was
+    the unlikely 1, so the episodes that own the state all scored 1: counting them would bias
+    V up; the other matching responses are fair draws."""
+    from spo.partition.segments import partition_response
+
+    p, group, n, trials = 0.05, 4, 4, 3000
+    rng = random.Random(0)
+
+    class Policy:
+        def generate(self, contexts, params, n=1, max_new_tokens=None):
+            return [[Rollout(list(c), [int(rng.random() < p)], [0.0], "eos") for _ in range(n)] for c in contexts]
+
+    fair, naive = [], []
+    for _ in range(trials):
+        responses = [[5, int(rng.random() < p)] for _ in range(group)]
+        logprobs = [[0.0, math.log(p if r[1] else 1 - p)] for r in responses]
+        bounds = [partition_response(lp, rule="cutpoint", rho=0.9, interval=1)[0] for lp in logprobs]
+        rewards = [float(r[1]) for r in responses]
+        est = estimate_chain_values(Policy(), [PROMPT] * group, responses, rewards, [0] * group, bounds,
+                                    score_last_token, num_samples=n, params=SamplingParams(max_new_tokens=4),
+                                    group_samples=True)
+        for i, b in enumerate(bounds):
+            if len(b) == 3:  # episode i owns the state [5] (its second token was the unlikely 1)
+                v, k = est.values[i][1], est.value_samples[i][1]
+                fair.append(v)
+                naive.append((v * k + rewards[i]) / (k + 1))  # its own reward counted too
+    se = math.sqrt(p * (1 - p) / n / len(fair))
+    assert abs(sum(fair) / len(fair) - p) < 4 * se
+    assert sum(naive) / len(naive) - p > 0.1  # (1 - p) / (n + 1) = 0.19 too high
