@@ -37,7 +37,7 @@ def last_token(_i, response, truncated):
     return float(response[-1] == 1)
 
 
-def run(q_of_state: list[float], n: int, budget: float, minimum: int, seed: int = 0):
+def run(q_of_state: list[float], n: int, budget: float, minimum: int, seed: int = 0, stop: int | None = None):
     """One response per state: [state token, answer]; its one interior boundary is the state."""
     q = {10 + s: p for s, p in enumerate(q_of_state)}
     engine = KnownValues(q, seed)
@@ -45,7 +45,7 @@ def run(q_of_state: list[float], n: int, budget: float, minimum: int, seed: int 
     est = estimate_chain_values(engine, [PROMPT] * len(responses), responses, [0.0] * len(responses),
                                 list(range(len(responses))), [[0, 1, 2]] * len(responses), last_token,
                                 num_samples=n, params=SamplingParams(max_new_tokens=8, seed=seed),
-                                allocate=adaptive_allocation(n, budget, minimum))
+                                allocate=adaptive_allocation(n, budget, minimum, stop))
     return est, engine
 
 
@@ -68,6 +68,14 @@ def test_deterministic_states_get_their_minimum_and_the_rest_goes_to_the_others(
     assert est.continuations - deterministic >= 0.85 * est.continuations
     # values of deterministic states are exact
     assert [v[1] for v, q in zip(est.values, qs) if q in (0.0, 1.0)] == [q for q in qs if q in (0.0, 1.0)]
+
+
+def test_states_stop_after_stop_samples_agreeing_samples():
+    qs = [0.0, 1.0] * 4 + [0.5] * 8
+    est, engine = run(qs, 8, 1.0, 2, seed=2, stop=6)
+    assert all(engine.drawn[10 + s] == 6 for s, q in enumerate(qs) if q in (0.0, 1.0))  # 2, then rounds of 2 to 6
+    assert est.continuations <= 8 * len(qs)
+    assert sum(engine.drawn[10 + s] for s, q in enumerate(qs) if q == 0.5) > 0.55 * est.continuations
 
 
 def test_the_stopping_rule_biases_values_towards_the_nearer_end():

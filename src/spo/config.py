@@ -196,8 +196,8 @@ class AlgorithmConfig:
     mc_allocation: Literal["fixed", "adaptive"] = "fixed"
     """SPO-chain/VinePPO: how fresh continuations are spread over the states. fixed: N
     (`mc_samples`) per state. adaptive: a budget of `mc_budget` x N x states per iteration,
-    in rounds: every state first gets `mc_min_samples`; then states whose samples all agree
-    stop, and the rest of the budget goes, `mc_min_samples` at a time, to the states whose
+    in rounds: every state first gets `mc_min_samples`; then states with at least
+    `mc_stop_samples` samples that all agree stop, and the rest of the budget goes, `mc_min_samples` at a time, to the states whose
     values' posterior variance (Beta for rewards in [0, 1]) most burdens the advantages
     they enter. The stopping rule biases values towards 0 or 1 (docs/algorithms.md)."""
     mc_budget: float = 1.0
@@ -207,6 +207,10 @@ class AlgorithmConfig:
     mc_min_samples: int = 2
     """SPO-chain/VinePPO with `mc_allocation: adaptive`: samples every state gets first (its
     group samples count), and the step of each later round."""
+    mc_stop_samples: int = 6
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: a state stops getting continuations
+    once at least this many of its samples all agree (fewer stops states that are merely
+    lucky early: benchmarks/sim_mc_allocation.py)."""
     train_on_continuations: bool = False
     """SPO-chain/VinePPO: train on the MC continuations too. Each continuation from state s_k
     (prompt + the response's first t_k tokens) is an on-policy response to that context: it
@@ -376,6 +380,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
     need(a.probe_points >= 1, "algorithm.probe_points", "must be >= 1")
     need(a.mc_min_samples >= 1, "algorithm.mc_min_samples", "must be >= 1")
+    need(a.mc_stop_samples >= 1, "algorithm.mc_stop_samples", "must be >= 1")
     need(a.mc_budget * a.mc_samples >= a.mc_min_samples, "algorithm.mc_budget",
          f"x mc_samples must cover mc_min_samples ({a.mc_budget} x {a.mc_samples} < {a.mc_min_samples})")
     need(len(a.tree_branching) >= 1 and all(b >= 1 for b in a.tree_branching), "algorithm.tree_branching",

@@ -270,7 +270,7 @@ def describe(rc: RunConfig, algorithm: Any) -> str:
         part = {"cutpoint": f"cutpoints rho={a.rho} interval={a.interval}", "fixed": f"every {a.segment_length} tokens",
                 "step": "steps", "lowest": f"{a.probe_points} lowest-probability cutpoints rho={a.rho}"}[algorithm.rule]
         return f"N={a.mc_samples}, {part}, V(0)={a.start_value}" + (", group samples" if a.mc_group_samples else "") + (
-            f", adaptive budget {a.mc_budget:g}x min {a.mc_min_samples}" if a.mc_allocation == "adaptive" else "")
+            f", adaptive budget {a.mc_budget:g}x min {a.mc_min_samples} stop {a.mc_stop_samples}" if a.mc_allocation == "adaptive" else "")
     if name == "reinforce_pp":
         return f"G={rc.sampling.group_size}, returns whitened over the batch"
     if name == "ppo":

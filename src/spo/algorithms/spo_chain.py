@@ -85,7 +85,7 @@ class SPOChain(Algorithm):
         """The fresh-continuation rule (None: N per state, `estimate_chain_values`'s default)."""
         a = self.cfg.algorithm
         if a.mc_allocation == "adaptive":
-            return adaptive_allocation(a.mc_samples, a.mc_budget, a.mc_min_samples)
+            return adaptive_allocation(a.mc_samples, a.mc_budget, a.mc_min_samples, a.mc_stop_samples)
         return None
 
     def collect(self, iteration: int, progress: Any) -> Batch:

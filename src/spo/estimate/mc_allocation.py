@@ -11,7 +11,8 @@ many advantages its value enters. An empty answer ends the sampling.
 fixed     every state gets N samples in one round (today's rule).
 adaptive  a budget B of fresh continuations per call (a multiple of the fixed rule's
           N x states). Round 0: every state is brought up to `min_samples` samples.
-          Later rounds: a state whose samples all agree is stopped; of the others, the
+          Later rounds: a state with at least `stop_samples` samples, all agreeing, is
+          stopped; of the others, the
           ones whose extra samples would shrink the uncertainty of the advantages most
           get `min_samples` more each, until B is spent or no state is left. The
           uncertainty of V(s) is its posterior variance: Beta(1 + sum r, 1 + n - sum r)
@@ -61,14 +62,18 @@ def value_variance(rewards: Sequence[float], extra: int = 0) -> float:
     return sum((r - m) ** 2 for r in rewards) / (n - 1) / (n + extra)
 
 
-def agree(rewards: Sequence[float]) -> bool:
-    return len(rewards) > 0 and max(rewards) == min(rewards)
+def agree(rewards: Sequence[float], at_least: int = 1) -> bool:
+    """Whether at least `at_least` samples were drawn and all scored the same."""
+    return len(rewards) >= max(at_least, 1) and max(rewards) == min(rewards)
 
 
-def adaptive_allocation(num_samples: int, budget_factor: float, min_samples: int) -> Allocator:
+def adaptive_allocation(num_samples: int, budget_factor: float, min_samples: int,
+                        stop_samples: int | None = None) -> Allocator:
     """The adaptive rule above: floor(budget_factor x num_samples x states) fresh
     continuations in all, every state first brought up to `min_samples` samples
-    (budget_factor x num_samples >= min_samples, so the minimum always fits)."""
+    (budget_factor x num_samples >= min_samples, so the minimum always fits); a state stops
+    once at least `stop_samples` (default: `min_samples`) of its samples all agree."""
+    stop_samples = min_samples if stop_samples is None else stop_samples
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
     if budget_factor * num_samples < min_samples:
@@ -82,7 +87,7 @@ def adaptive_allocation(num_samples: int, budget_factor: float, min_samples: int
             request = {s: min_samples - len(samples[s]) for s in range(len(samples)) if len(samples[s]) < min_samples}
         else:
             left = budget[0] - spent[0]
-            live = [s for s in range(len(samples)) if not agree(samples[s])]
+            live = [s for s in range(len(samples)) if not agree(samples[s], stop_samples)]
             if left <= 0 or not live:
                 return {}
             step = min_samples
