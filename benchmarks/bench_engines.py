@@ -150,7 +150,7 @@ def engine_throughput(cfg, tree_cfg, sync_repeats: int) -> dict:
 
 def iteration(cfg, estimator: str) -> dict:
     """Trainer.step(0) with the vLLM engine: phases in seconds, tokens, weight-sync seconds."""
-    cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, estimator=estimator),
+    cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, name=estimator),
                               sampling=dataclasses.replace(cfg.sampling, engine="vllm"))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -70,7 +70,8 @@ def build_run_config(config: str, overrides: list[str]):
     If the preset `demo` is not there (yet), falls back to the smoke preset switched to
     the real pretrained model (no shape overrides, bfloat16), and says so."""
     from spo.presets import resolve_preset
-    from spo.config import ConfigError, build_config, load_yaml
+    from spo.config import ConfigError, build_config
+    from spo.config_io import load_yaml
 
     try:
         path = resolve_preset(config)

@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 
 import spo.train.loop
 from spo.cli import main as spo_main
-from spo.config import describe_options, load_config, to_dict
+from spo.config import RunConfig, load_config
+from spo.config_io import describe_options, to_dict
 from spo.presets import resolve_preset
 from spo.tasks.problems import Problem
 from spo.tasks.registry import build_task, task_options
@@ -44,7 +45,7 @@ from spo.tasks.registry import build_task, task_options
 EXCLUDED = ("model.", "task.name", "output_dir", "critic.")
 """Options the stand-in for training does not exercise (models are not loaded; task.name
 would fetch GSM8K/MATH from the hub) or that would write elsewhere."""
-KEYS = [key for key, *_ in describe_options() if not key.startswith(EXCLUDED)]
+KEYS = [key for key, *_ in describe_options(RunConfig) if not key.startswith(EXCLUDED)]
 KEYS += [f"task.options.{k}" for k in task_options("reasoning_gym")]
 KEYS += ["task.options.dataset_options.min_terms", "task.options.dataset_options.max_digits"]
 GRADE_SECONDS = 1.0

@@ -35,15 +35,16 @@ def text_reward(self, problem, text, truncated):
     return 1.0 if zlib.crc32(text.encode()) % 5 == 0 else 0.0
 
 
-def run_preset(preset: str, out: Path) -> dict:
-    """Train `preset` into `out`; return its metrics (times dropped) and episode logs."""
+def run_preset(preset: str, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """Train `preset` into `out` (with `extra` overrides that must not change the result);
+    return its metrics (times dropped) and episode logs."""
     from unittest import mock
 
     from spo.cli import main
     from spo.tasks.registry import Task
 
     args = ["train", "--config", preset, "--output-dir", str(out), "model.dtype=float32", "iterations=3",
-            *OVERRIDES[preset]]
+            *OVERRIDES[preset], *extra]
     with mock.patch.object(Task, "reward", text_reward):
         assert main(args) == 0
     metrics = []

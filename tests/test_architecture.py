@@ -13,7 +13,7 @@ SRC = ROOT / "src" / "spo"
 # Data-flow order: a module may import modules of its own rank or lower.
 RANKS = {
     "tasks": 0,  # problems and graders stand alone; config checks task options against them
-    "config": 1,
+    "config_io": 1, "config": 1,
     "presets": 2, "cache": 2, "seeds": 2, "distributed": 2,
     "tiny_models": 3, "models": 3,
     "sample": 4,

@@ -6,21 +6,15 @@ import pytest
 import yaml
 
 from spo.cli import main
-from spo.config import (
-    ConfigError,
-    build_config,
-    describe_options,
-    load_config,
-    load_sft_config,
-    save_config,
-    to_dict,
-)
+from spo.config import ConfigError, RunConfig, build_config, load_config
+from spo.config_io import describe_options, save_config, to_dict
+from spo.train.sft_config import load_sft_config
 from spo.presets import PRESETS_DIR, resolve_preset
 
 
 def test_defaults_are_valid():
     cfg = build_config()
-    assert cfg.algorithm.estimator == "grpo"
+    assert cfg.algorithm.name == "grpo"
     assert cfg.algorithm.clip_eps == 0.2
 
 
@@ -116,7 +110,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_every_option_is_documented():
-    rows = describe_options()
+    rows = describe_options(RunConfig)
     undocumented = [key for key, _, _, help_ in rows if not help_]
     assert undocumented == []
 
@@ -143,9 +137,29 @@ def test_config_doc_is_current(capsys):
 def test_unknown_algorithm_or_engine_is_a_config_error(capsys):
     assert main(["train", "--config", "smoke", "algorithm.estimator=ppo2"]) == 2
     err = capsys.readouterr().err
-    assert "algorithm.estimator" in err and "ppo2" in err and "spo_chain" in err
+    assert "algorithm.name" in err and "ppo2" in err and "spo_chain" in err
     from spo.config import SamplingConfig
     from spo.sample.factory import build_engine
 
     with pytest.raises(ConfigError, match="sampling.engine"):
         build_engine(SamplingConfig(engine="nope"), model=None, tokenizer=None)
+
+
+def test_algorithm_name_and_its_earlier_name_estimator():
+    """`algorithm.name` is the option; `algorithm.estimator` (its earlier name) is read as it,
+    in YAML and in overrides, and each layer may rename the other's choice."""
+    assert build_config({"algorithm": {"estimator": "rloo"}}).algorithm.name == "rloo"
+    assert build_config({}, ["algorithm.estimator=spo_chain"]).algorithm.name == "spo_chain"
+    assert build_config({"algorithm": {"estimator": "rloo"}}, ["algorithm.name=grpo"]).algorithm.name == "grpo"
+    assert build_config({"algorithm": {"name": "rloo"}}, ["algorithm.estimator=ppo"]).algorithm.name == "ppo"
+    assert build_config({"algorithm": {"name": "rloo", "estimator": "rloo"}}).algorithm.estimator == "rloo"
+    assert "estimator" not in to_dict(build_config({"algorithm": {"estimator": "rloo"}}))["algorithm"]
+    with pytest.raises(ConfigError, match="algorithm.estimator is another name of algorithm.name"):
+        build_config({"algorithm": {"name": "grpo", "estimator": "rloo"}})
+    with pytest.raises(ConfigError, match="name the same option"):
+        build_config({}, ["algorithm.estimator=rloo", "algorithm.name=grpo"])
+
+
+def test_cli_refuses_both_algorithm_names_with_different_values(capsys):
+    assert main(["train", "--config", "smoke", "algorithm.name=grpo", "algorithm.estimator=rloo"]) == 2
+    assert "algorithm.estimator" in capsys.readouterr().err

@@ -234,3 +234,13 @@ def test_default_model_loads():
     tiny = load_policy(DEFAULT_MODEL, random_init=True, config_overrides=TINY, seed=0)
     assert num_parameters(tiny) == llama_params(49152, 64, 128, 2, 4, 2, tied=True)
     assert tiny.config.head_dim == 16
+
+
+def test_default_lora_is_the_configs_default():
+    """`load_policy(lora={})` and `model.lora.enabled: true` adapt the same modules."""
+    from spo.config import LoraOptions
+    from spo.models import DEFAULT_LORA
+
+    o = LoraOptions()
+    assert DEFAULT_LORA == {"r": o.r, "lora_alpha": o.alpha, "lora_dropout": o.dropout,
+                            "target_modules": list(o.target_modules)}

@@ -98,7 +98,7 @@ def test_critic_training_moves_values_towards_the_returns(tmp_path):
     from spo.train.progress import Progress
 
     cfg = load_config(resolve_preset("smoke"), ["algorithm.estimator=ppo", "critic.lr=1e-3", "critic.value_clip=10",
-                                                "algorithm.epochs=4", "sampling.max_new_tokens=8"])
+                                                "algorithm.epochs=8", "sampling.max_new_tokens=8"])
     ppo = Trainer(cfg, tmp_path).algorithm
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Task, "reward", text_reward)
@@ -121,3 +121,27 @@ def test_critic_is_checkpointed_and_resumes(ppo_run, tmp_path):
         mp.setattr(Task, "reward", text_reward)
         crashed = resume_after_crash(ppo_run, tmp_path, last_good=1)
     assert_same_metrics(read_metrics(ppo_run), read_metrics(crashed))
+
+
+def test_nan_critic_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """The critic trains while the batch is collected; its NaN loss stops the run with the
+    same last-good-checkpoint hint as the policy's."""
+    import spo.algorithms.ppo as ppo
+    from spo.train.loop import NonFiniteLossError
+
+    real_loss, real_train = ppo.clipped_value_loss, ppo.PPO.train_critic
+    poison = {"on": False}
+
+    def train_critic(self, responses, old_values, returns, iteration):  # healthy in iteration 1, NaN after
+        poison["on"] = iteration >= 1
+        return real_train(self, responses, old_values, returns, iteration)
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        return (loss * float("nan") if poison["on"] else loss), stats
+
+    monkeypatch.setattr(ppo, "clipped_value_loss", poisoned)
+    monkeypatch.setattr(ppo.PPO, "train_critic", train_critic)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 2: critic loss is nan; last good checkpoint: .*iter_000001"):
+        main(["train", "--config", "smoke", "--output-dir", str(tmp_path), "algorithm.name=ppo", "iterations=2",
+              "save_every=1", "sampling.max_new_tokens=8", "eval.at_end=false"])

@@ -22,9 +22,9 @@ def recycled_run(tmp_path_factory):
     seen = []
     original = PolicyUpdate._optimizer_step
 
-    def spy(self, samples, mb, adv, mask, old_lp, iteration, stats, bar):
+    def spy(self, samples, mb, micro, adv, mask, old_lp, iteration, stats, bar):
         seen.append((iteration, float(mask[mb].sum()), len(mb), self.steps_per_iteration))
-        return original(self, samples, mb, adv, mask, old_lp, iteration, stats, bar)
+        return original(self, samples, mb, micro, adv, mask, old_lp, iteration, stats, bar)
 
     with mock.patch.object(Task, "reward", text_reward), mock.patch.object(PolicyUpdate, "_optimizer_step", spy):
         assert main(["train", "--config", "smoke-spo-chain", "--output-dir", str(out), "iterations=2",

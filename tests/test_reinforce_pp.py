@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from spo.algorithms.reinforce_pp import kl_shaped_returns, reinforce_pp
 from spo.algorithms.registry import algorithm_class
 from spo.cli import main
 from spo.estimate.registry import EstimatorInputs, get_estimator
+from spo.estimate.reinforce_pp import kl_shaped_returns, reinforce_pp
 from spo.optimize.losses import whiten_across
 from spo.train.run_log import read_metrics
 
@@ -89,3 +89,15 @@ def test_smoke_run_with_kl_shapes_the_advantages_and_adds_no_kl_loss(tmp_path):
     assert any(len(set(round(a, 6) for a in ep["advantages"])) > 1 for ep in eps)
     flat = [a for ep in eps for a in ep["advantages"]]
     assert sum(flat) / len(flat) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_estimator_is_found_without_importing_the_algorithms():
+    """`get_estimator("reinforce_pp")` in a fresh interpreter that imported only the
+    estimator registry (it used to need spo.algorithms imported first)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spo.estimate.registry import get_estimator; get_estimator('reinforce_pp'); "
+            "print(any(m.startswith('spo.algorithms') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spo.config import load_config, to_dict
+from spo.config import load_config
+from spo.config_io import to_dict
 from spo.presets import PRESETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "algorithm.mini_batch_size": (64, f"{RHO_PPO}:118", "target_train_batch_size: 64,"),
     }),
     (("gsm8k-spo-chain",), {
-        "algorithm.estimator": ("spo_chain", f"{RHO_CHAIN_MATH}:5", "type: 'math_episode_generator_w_mc_advantages',"),
+        "algorithm.name": ("spo_chain", f"{RHO_CHAIN_MATH}:5", "type: 'math_episode_generator_w_mc_advantages',"),
         "algorithm.partition": ("cutpoint", f"{MC_GEN}:928", "cutpoints = cutpoints - 1"),
         "algorithm.rho": (0.9, f"{MC_GEN}:927", "cutpoints = np.where(response_probs < 0.9)[0]"),
         "algorithm.interval": (5, "configs/episode_generators/interval5.jsonnet:3", "cutpoint_interval: 5,"),
@@ -108,18 +109,18 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "iterations": (1000, f"{RHO_CHAIN}:3", "local total_num_iterations = 1000;"),
     }),
     (("gsm8k-grpo",), {
-        "algorithm.estimator": ("grpo", "configs/polIter_rho1bSft2_grpo_GSM8K.jsonnet:5", "adv_method: 'grpo',"),
+        "algorithm.name": ("grpo", "configs/polIter_rho1bSft2_grpo_GSM8K.jsonnet:5", "adv_method: 'grpo',"),
         "algorithm.scale_by_std": (True, f"{GROUP_GEN}:277", "advantages = (scores - mean) / (std + 1e-8)"),
         "algorithm.prob_mask": (False, "configs/polIter_rho1bSft2_grpo_GSM8K.jsonnet:9", "use_prob_mask: false,"),
         "iterations": (1000, f"{RHO_CHAIN}:3", "local total_num_iterations = 1000;"),
     }),
     (("gsm8k-rloo",), {
-        "algorithm.estimator": ("rloo", "configs/polIter_rho1bSft2_rloo_GSM8K.jsonnet:10", "adv_method: 'rloo',"),
+        "algorithm.name": ("rloo", "configs/polIter_rho1bSft2_rloo_GSM8K.jsonnet:10", "adv_method: 'rloo',"),
         "algorithm.prob_mask": (False, "configs/polIter_rho1bSft2_rloo_GSM8K.jsonnet:26", "use_prob_mask: false,"),
         "iterations": (650, "configs/polIter_rho1bSft2_rloo_GSM8K.jsonnet:3", "local total_num_iterations = 650;"),
     }),
     (("gsm8k-vineppo",), {
-        "algorithm.estimator": ("vineppo", "configs/polIter_rho1bSft2_vineppo_GSM8K.jsonnet:4",
+        "algorithm.name": ("vineppo", "configs/polIter_rho1bSft2_vineppo_GSM8K.jsonnet:4",
                                 "type: 'vineppo_episode_generator',"),
         "algorithm.step_delimiter": ("\n", "src/treetune/tasks/gsm8k.py:32",
                                      'intermediate_step_delimiter: Optional[str] = "\\n",'),
@@ -131,7 +132,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "iterations": (1000, f"{RHO_CHAIN}:3", "local total_num_iterations = 1000;"),
     }),
     (("gsm8k-ppo",), {
-        "algorithm.estimator": ("ppo", f"{PPO_TRAINER_CFG}:24", "type: 'pretrained_causal_lm_with_value_head',"),
+        "algorithm.name": ("ppo", f"{PPO_TRAINER_CFG}:24", "type: 'pretrained_causal_lm_with_value_head',"),
         "algorithm.prob_mask": (True, f"{PPO_TRAINER}:133", "use_prob_mask: bool = True"),
         "critic.lr": (1.0e-6, f"{PPO_TRAINER}:2395", "optimizer = self.create_optimizer(critic_model, weight_decay)"),
         "critic.grad_clip": (1.0, f"{PPO_TRAINER_CFG}:76", "max_grad_norm: 1.0,"),
@@ -141,7 +142,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "iterations": (650, "configs/polIter_rho1bSft2_ppo_GSM8K.jsonnet:3", "local total_num_iterations = 650;"),
     }),
     (("gsm8k-spo-tree",), {
-        "algorithm.estimator": ("spo_tree", f"{RHO_TREE}:8", "type: 'hybrid_episode_generator',"),
+        "algorithm.name": ("spo_tree", f"{RHO_TREE}:8", "type: 'hybrid_episode_generator',"),
         "sampling.prompts_per_iteration": (16, f"{RHO_TREE}:3", "local num_dataset_samples_per_iteration = 16;"),
         "algorithm.tree_branching": ([6, 6, 6], f"{RHO_TREE}:17", "{ depth: 0, branch_factor: 6 },"),
         "algorithm.segment_length": (30, f"{RHO_TREE}:12", "M: 30,"),
@@ -194,7 +195,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "seed": (42, "README.md:113", 'export APP_SEED="42"'),
     }),
     (("math-spo-tree",), {
-        "algorithm.estimator": ("spo_tree", f"{QWEN_TREE}:9", "type: 'hybrid_episode_generator',"),
+        "algorithm.name": ("spo_tree", f"{QWEN_TREE}:9", "type: 'hybrid_episode_generator',"),
         "sampling.prompts_per_iteration": (32, f"{QWEN_TREE}:3", "local num_dataset_samples_per_iteration = 32;"),
         "algorithm.tree_branching": ([6, 6, 6], f"{QWEN_TREE}:20", "{ depth: 0, branch_factor: 6 },"),
         "algorithm.segment_length": (600, f"{QWEN_TREE}:15", "M: 600,"),
@@ -207,7 +208,7 @@ TABLE: list[tuple[tuple[str, ...], dict[str, tuple[object, str, str]]]] = [
         "algorithm.prob_mask": (True, f"{QWEN_CHAIN}:143", "use_prob_mask: true,"),
     }),
     (("math-grpo",), {
-        "algorithm.estimator": ("grpo", f"{QWEN_GRPO}:11", "adv_method: 'grpo',"),
+        "algorithm.name": ("grpo", f"{QWEN_GRPO}:11", "adv_method: 'grpo',"),
         "algorithm.scale_by_std": (True, f"{GROUP_GEN}:277", "advantages = (scores - mean) / (std + 1e-8)"),
         "sampling.prompts_per_iteration": (64, f"{QWEN_GRPO}:3",
                                            "num_episodes_per_iteration / num_rollouts_per_sample"),

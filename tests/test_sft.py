@@ -11,7 +11,9 @@ import torch
 import yaml
 
 from spo.cli import main
-from spo.config import ConfigError, build_sft_config, load_config, load_sft_config, to_dict
+from spo.config import ConfigError, load_config
+from spo.config_io import to_dict
+from spo.train.sft_config import build_sft_config, load_sft_config
 from spo.presets import PRESETS_DIR
 
 TINY = {

@@ -17,6 +17,7 @@ from tree_rules import check_edge, check_tree_record
 
 from spo.cli import main
 from spo.tasks.registry import Task
+from spo.train.checkpoint import write_manifest
 from spo.train.run_log import read_metrics
 
 BRANCHING, M, BUDGET, MAX_AGE = [3, 2, 2], 4, 16, 2
@@ -110,6 +111,7 @@ def test_resume_reads_the_replay_buffer_of_older_checkpoints(tree_run, tmp_path,
                       "segments": {k: e[k] for k in own}}] for born, e in state["replay"]]
     (ckpt / "replay_rank0.json").write_text(json.dumps(legacy))
     (ckpt / "algorithm_rank0.json").unlink()
+    write_manifest(ckpt)  # as an old spo wrote it: whole, not damaged (else an older checkpoint is used)
     resumed = resume_after_crash(old, tmp_path / "x", last_good=last_good)
     for it in range(last_good + 1, 4):
         assert lines(tree_run, it) == lines(resumed, it)

@@ -30,13 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spo.config import (
-    ConfigError,
-    RunConfig,
-    build_config,
-    load_sections,
-    to_dict,
-)
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import load_sections, to_dict
 from spo.evaluate.compare import (
     MethodSummary,
     equal_spend,

@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from spo.config import ConfigError, RunConfig, SFTConfig, build_config, build_sft_config, describe_options, load_yaml
+from spo.config import ConfigError, ModelConfig, RunConfig, build_config
+from spo.config_io import describe_options, load_yaml
+from spo.train.sft_config import SFTConfig, build_sft_config
 from spo.inspect import add_inspect_commands
 from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
 from spo.tasks.problems import DataError
@@ -68,11 +70,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
-    from spo.models import load_policy, load_tokenizer
     from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
     from spo.train.checkpoint import latest_checkpoint
-    from spo.train.sft import resolve_model_name
+    from spo.train.sft import load_model_and_tokenizer
 
     model_path = args.model
     run_cfg = None
@@ -83,12 +84,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_path = str(ck / "model")
         run_cfg = load_yaml(Path(args.model, "config.yaml"))
     cfg = _config(args.config, args.overrides, base=run_cfg)
-    model_path = resolve_model_name(model_path)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg.task.name, **cfg.task.options)
     problems = task.problems("eval", args.limit if args.limit is not None else cfg.task.eval_limit)
-    tokenizer = load_tokenizer(model_path if run_cfg or not cfg.model.tokenizer else resolve_model_name(cfg.model.tokenizer))
-    model = load_policy(model_path, dtype=cfg.model.dtype)
+    # the model itself (a run's checkpoint: with its own tokenizer), in the config's dtype
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=model_path, dtype=cfg.model.dtype,
+                                                            tokenizer=None if run_cfg else cfg.model.tokenizer))
     engine = build_engine(cfg.sampling, model, tokenizer)
     params = evaluation_params(cfg.eval, cfg.sampling.max_new_tokens, cfg.seed, cfg.sampling.stop,
                                max_new_tokens=args.max_new_tokens or None, temperature=args.temperature)
@@ -149,7 +150,7 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def cmd_options(args: argparse.Namespace) -> int:
-    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options()
+    rows = describe_options(SFTConfig, default=SFTConfig()) if args.sft else describe_options(RunConfig)
     if args.markdown:
         print("| option | type | default | meaning |\n|---|---|---|---|")
         for key, tp, default, help_ in rows:

@@ -6,23 +6,17 @@ A config is built in three layers, later ones winning:
     3. command-line overrides `section.key=value` (values parsed as YAML, so
        `optim.lr=1e-5`, `model.lora.enabled=true`, `task.options={size: 10}`).
 Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key.
+The generic reader (YAML, overrides, type checks) is spo.config_io. (Over 450 lines because
+every option carries its documentation here: docs/config.md and `spo options` are read from it.)
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A bad config value, key or file; the message names which."""
+from spo.config_io import ConfigError, apply_overrides, from_dict, load_yaml, parse_override
 
 
 @dataclass
@@ -142,18 +136,25 @@ class SamplingConfig:
 
 @dataclass
 class AlgorithmConfig:
-    estimator: str = "grpo"
+    name: str = "grpo"
     """The algorithm (spo.algorithms): `grpo` (`scale_by_std: false` is Dr.GRPO), `rloo`,
     `reinforce` (outcome rewards), `reinforce_pp` (REINFORCE++), `ppo` (with a learned
-    critic, see `critic`), `vineppo`, `spo_chain`, `spo_tree`."""
+    critic, see `critic`), `vineppo`, `spo_chain`, `spo_tree`. Its earlier name
+    `algorithm.estimator` is still accepted, in YAML and in overrides."""
     scale_by_std: bool = True
     """GRPO: divide by the group's reward std (false = Dr.GRPO)."""
+    std_eps: float = 1e-6
+    """GRPO: added to the group's reward std before dividing by it (verl's 1e-6; TRL uses 1e-4)."""
     clip_eps: float = 0.2
     """PPO clip range (lower side)."""
     clip_eps_high: float | None = None
     """PPO clip upper side (null = same as clip_eps)."""
     kl_coef: float = 0.0
     """Weight of the k3 KL(pi || ref) loss term; 0 loads no reference model."""
+    kl_importance_correction: bool = False
+    """Multiply each token's k3 KL term by the ratio pi/pi_old (TRL's `use_bias_correction_kl`):
+    corrects for the tokens being sampled from pi_old, not pi, when epochs > 1 or the mini-batches
+    of one batch take several steps; with false (verl's) the term is the plain k3."""
     kl_aggregation: Literal["token_mean", "sequence_sum"] = "token_mean"
     """How the KL term is summed: per token, aggregated with the policy loss (`loss_agg`), or
     summed over each sequence's counted tokens and averaged over sequences (the reference's,
@@ -249,7 +250,24 @@ class AlgorithmConfig:
     mini_batch_size: int = 64
     """Sequences per optimizer step (all processes together)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward on one process (gradient accumulation fills the rest)."""
+    """Sequences per forward/backward on one process (gradient accumulation fills the rest);
+    with `micro_batch_tokens` set, the token count decides instead."""
+    packing: bool = True
+    """Score the samples of a micro-batch that share prefixes (a group's prompt, a tree's
+    path) as one packed sequence with a 4-D attention mask, each shared token computed once
+    (spo.optimize.packing), in the loss, old/reference log-probs and PPO's critic; the same
+    numbers as padded rows. Models that cannot take the mask (not Llama/Qwen2, or not
+    sdpa/eager attention) fall back to padded rows with a logged reason."""
+    micro_batch_tokens: int | None = None
+    """With `packing`: micro-batches hold whole groups/trees up to this many packed tokens
+    (each shared prefix counted once; a longer sample gets its own) instead of
+    `micro_batch_size` sequences; null = `micro_batch_size` sequences, chosen so that shared
+    prefixes stay together. Ignored with `whiten: micro_batch` (rows as without packing)."""
+
+    @property
+    def estimator(self) -> str:
+        """`name`, read under the option's earlier name."""
+        return self.name
 
 
 @dataclass
@@ -345,13 +363,9 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# Validation: what types cannot say.
+
 
 def _check_ranges(cfg: RunConfig) -> None:
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
-
     s, a, o, e = cfg.sampling, cfg.algorithm, cfg.optim, cfg.eval
     need(cfg.iterations >= 1, "iterations", f"must be >= 1, got {cfg.iterations}")
     need(cfg.max_tokens is None or cfg.max_tokens >= 1, "max_tokens", "must be >= 1 or null")
@@ -371,6 +385,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
     need(a.clip_eps_high is None or a.clip_eps_high > 0, "algorithm.clip_eps_high", "must be > 0")
     need(a.kl_coef >= 0, "algorithm.kl_coef", "must be >= 0")
+    need(a.std_eps >= 0, "algorithm.std_eps", f"must be >= 0, got {a.std_eps}")
     need(a.mask_rho is None or 0 < a.mask_rho <= 1, "algorithm.mask_rho", f"must be in (0, 1], got {a.mask_rho}")
     need(0 < a.rho <= 1, "algorithm.rho", f"must be in (0, 1], got {a.rho}")
     need(a.interval >= 1, "algorithm.interval", "must be >= 1")
@@ -391,7 +406,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.epochs >= 1, "algorithm.epochs", "must be >= 1")
     need(a.mini_batch_size >= 1, "algorithm.mini_batch_size", "must be >= 1")
     need(a.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
-    _check_optim(o)
+    need(a.micro_batch_tokens is None or a.micro_batch_tokens >= 1, "algorithm.micro_batch_tokens",
+         "must be >= 1 or null")
+    check_optim(o)
     c = cfg.critic
     need(c.lr > 0, "critic.lr", f"must be > 0, got {c.lr}")
     need(c.weight_decay >= 0, "critic.weight_decay", "must be >= 0")
@@ -405,29 +422,30 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(e.temperature >= 0, "eval.temperature", "must be >= 0")
     need(cfg.save_every >= 0, "save_every", "must be >= 0")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-    _check_model_and_task(cfg.model, cfg.task)
+    check_model_and_task(cfg.model, cfg.task)
 
 
-def _need(ok: bool, key: str, why: str) -> None:
+def need(ok: bool, key: str, why: str) -> None:
+    """Raise ConfigError(`key: why`) unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {why}")
 
 
-def _check_optim(o: OptimConfig) -> None:
-    _need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    _need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
-    _need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
-    _need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)")
+def check_optim(o: OptimConfig) -> None:
+    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+    need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)")
 
 
-def _check_model_and_task(model: ModelConfig, task: TaskConfig) -> None:
-    _need(task.eval_limit is None or task.eval_limit >= 1, "task.eval_limit", "must be >= 1 or null")
-    _need(task.train_limit is None or task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
-    _need(task.max_question_tokens is None or task.max_question_tokens >= 1, "task.max_question_tokens",
-          "must be >= 1 or null")
+def check_model_and_task(model: ModelConfig, task: TaskConfig) -> None:
+    need(task.eval_limit is None or task.eval_limit >= 1, "task.eval_limit", "must be >= 1 or null")
+    need(task.train_limit is None or task.train_limit >= 1, "task.train_limit", "must be >= 1 or null")
+    need(task.max_question_tokens is None or task.max_question_tokens >= 1, "task.max_question_tokens",
+         "must be >= 1 or null")
     if model.lora.enabled:
-        _need(model.lora.r >= 1, "model.lora.r", "must be >= 1")
+        need(model.lora.r >= 1, "model.lora.r", "must be >= 1")
     _check_task_options(task)
     if task.prompt_template is not None:
         from spo.tasks.prompts import resolve_template
@@ -451,196 +469,50 @@ def _check_task_options(task: TaskConfig) -> None:
             )
 
 
-# ---------------------------------------------------------------------------------------
-# Building a dataclass from nested dicts, checking every key and type.
-
-def _type_name(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return " / ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-    if origin in (list, tuple, dict):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+# Options by their earlier names (old -> new), still accepted in YAML and in overrides.
+RENAMED_OPTIONS = {"algorithm.estimator": "algorithm.name"}
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} options, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-6" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported option type {tp}")  # a bug in this file
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """An instance of the dataclass `cls` from a nested dict; unknown keys and wrong types
-    raise ConfigError naming the key (`prefix` + its name)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown option {prefix}{unknown[0]!s}; known options of {prefix.rstrip('.') or 'the run'}: "
-            + ", ".join(sorted(names))
-        )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
-    obj = cls(**{k: v for k, v in kwargs.items() if not dataclasses.is_dataclass(hints[k])})
-    for k, v in kwargs.items():
-        if dataclasses.is_dataclass(hints[k]):
-            setattr(obj, k, v)
-    return obj
-
-
-def set_path(data: dict, dotted: str, value: Any) -> dict:
-    """Copy of `data` with `data[a][b][c] = value` for `a.b.c`; the leaf is replaced, not merged
-    (so `model.config_overrides={}` clears it, while `task.options.seed=3` changes one key)."""
-    head, _, rest = dotted.partition(".")
+def _renamed(data: dict, where: str) -> dict:
+    """`data` with each option under an earlier name moved to its new one; ConfigError when
+    both are given with different values."""
     out = dict(data)
-    if rest:
-        inner = out.get(head)
-        if inner is not None and not isinstance(inner, dict):
-            raise ConfigError(f"{head}: holds {inner!r}, not a section, so `{head}.{rest}` cannot be set in it")
-        try:
-            out[head] = set_path(inner or {}, rest, value)
-        except ConfigError as err:  # name the full key, not only its tail
-            raise ConfigError(f"{head}.{err}") from None
-    else:
-        out[head] = value
+    for old, new in RENAMED_OPTIONS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        inner = out.get(section)
+        if isinstance(inner, dict) and old_key in inner:
+            inner = dict(inner)
+            value = inner.pop(old_key)
+            if new_key in inner and inner[new_key] != value:
+                raise ConfigError(f"{new}={inner[new_key]!r} and {old}={value!r} in {where}: {old} is "
+                                  f"another name of {new}; give one of them")
+            inner[new_key] = value
+            out[section] = inner
     return out
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b.c=value` -> ("a.b.c", value), the value parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        reason = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise ConfigError(f"{key}: override value {raw!r} is not valid YAML ({reason})") from None
-    except RecursionError:
-        raise ConfigError(f"{key}: override value nested too deeply") from None
-    return key, value
-
-
-def load_yaml(path: str | Path) -> dict:
-    """A YAML file of options (a mapping); ConfigError naming the file (and line) when it is
-    missing, not UTF-8 text, not YAML, or not a mapping at the top."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (" (a folder)" if path.is_dir() else ""))
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); is it a YAML file?") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        reason = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise ConfigError(f"{where}: not valid YAML: {reason}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: YAML nested too deeply") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        held = "a list" if isinstance(data, list) else f"the single value {data!r}"
-        raise ConfigError(f"{path}: the top level must be a mapping of options (`key: value` lines); "
-                          f"this file holds {held}")
-    bad = [k for k in data if not isinstance(k, str)]
-    if bad:
-        raise ConfigError(f"{path}: option names must be strings, got {bad[0]!r}")
-    return data
-
-
-def load_sections(path: str | Path, overrides: list[str], section: str, cls: type) -> tuple[Any, dict]:
-    """A two-section preset (`spo bench`, `spo credit`): (`section` read into the dataclass
-    `cls`, the `run` mapping, validated later by build_config) after the overrides
-    (`<section>.x=...` or `run.section.key=...`)."""
-    data = apply_overrides(load_yaml(path), list(overrides))
-    unknown = set(data) - {section, "run"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a {section} preset has `{section}` "
-                          "and `run`")
-    return from_dict(cls, data.get(section) or {}, prefix=f"{section}."), data.get("run") or {}
-
-
-def apply_overrides(data: dict | None, overrides: list[str] = ()) -> dict:
-    """Copy of the nested dict `data` with each `a.b=value` override set in it."""
-    merged = dict(data or {})
+def _renamed_overrides(overrides: list[str]) -> list[str]:
+    """`overrides` with each option under an earlier name renamed; ConfigError when an option
+    is given under both names with different values."""
+    out, given = [], {}  # (new name, name as written) -> (value, override)
     for text in overrides:
-        merged = set_path(merged, *parse_override(text))
-    return merged
+        key, value = parse_override(text)
+        new = RENAMED_OPTIONS.get(key, key)
+        for (other_new, written), (other_value, other_text) in given.items():
+            if other_new == new and written != key and other_value != value:
+                raise ConfigError(f"overrides {other_text!r} and {text!r} disagree: {written} and {key} name the "
+                                  f"same option ({new}); give one of them")
+        if new in RENAMED_OPTIONS.values():
+            given[new, key] = value, text
+        out.append(f"{new}={text.split('=', 1)[1]}" if new != key else text)
+    return out
 
 
 def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`)."""
-    cfg = from_dict(RunConfig, apply_overrides(data, overrides))
+    """Defaults <- `data` (a nested dict, e.g. from YAML) <- `overrides` (`a.b=value`).
+    Options under an earlier name (RENAMED_OPTIONS) are read as their new one."""
+    merged = apply_overrides(_renamed(data or {}, "the config"), _renamed_overrides(list(overrides)))
+    cfg = from_dict(RunConfig, _renamed(merged, "the overrides"))
     _check_ranges(cfg)
     return cfg
 
@@ -648,128 +520,3 @@ def build_config(data: dict | None = None, overrides: list[str] = ()) -> RunConf
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     return build_config(load_yaml(path) if path else {}, overrides)
 
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict (tuples as lists) for YAML/JSON."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def describe_options(cls: type = RunConfig, prefix: str = "", default: Any = None) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every option, read from the field docstrings in this file.
-
-    `default`: the instance whose values are shown (default `cls()`; SFTConfig's sections
-    have other defaults than their classes). Used by `spo options` and docs/config.md."""
-    import ast
-    import inspect
-
-    docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:] + [None]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    hints = typing.get_type_hints(cls)
-    rows = []
-    default_obj = default if default is not None else cls()
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe_options(tp, prefix + f.name + ".", getattr(default_obj, f.name))
-            continue
-        rows.append((prefix + f.name, _type_name(tp), repr(getattr(default_obj, f.name)), docs.get(f.name, "")))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------
-# Supervised fine-tuning (`spo sft`): its own options, read the same way as a run's
-# (defaults <- YAML preset <- `a.b=value` overrides), with the model/task/optim sections
-# of a run but other defaults (a tiny model trained from scratch needs a large lr).
-
-@dataclass
-class SFTConfig:
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name_or_path="tiny-char-llama", dtype="float32", random_init=True)
-    )
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(name="arith_steps", prompt_format="plain"))
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), warmup_ratio=0.05,
-                                            schedule="cosine", grad_clip=1.0)
-    )
-    max_steps: int = 1000
-    """Optimizer steps at most; the lr schedule spans all of them even when training stops early."""
-    batch_size: int = 64
-    """Sequences (prompt + gold solution + eos) per optimizer step."""
-    val_size: int = 200
-    """Training problems held back from SFT (the last `val_size` of the train split): the periodic
-    evaluations and `stop_at_accuracy` use them, so the task's eval split (what RL reports on)
-    plays no part in choosing the SFT model. 0: use the eval split instead."""
-    eval_every: int = 100
-    """Greedy validation every this many steps (0: only after the last step)."""
-    stop_at_accuracy: float | None = None
-    """Stop at the first validation whose greedy accuracy reaches this (null: never): gives a
-    model that is right on part of the problems, for RL to improve on."""
-    max_new_tokens: int = 64
-    """Response length cap of the held-out evaluation."""
-    eval_batch_size: int = 256
-    """Sequences decoded together in the held-out evaluation."""
-    log_every: int = 25
-    """Print and record the mean training loss every this many steps."""
-    seed: int = 0
-    """Seeds model init and the order of the training examples."""
-    output_dir: str | None = None
-    """Model folder to write; null = `$SPO_CACHE_DIR/sft/<hash of this config>`, reused when present."""
-
-
-def _check_sft_ranges(cfg: SFTConfig) -> None:
-    _need(cfg.max_steps >= 1, "max_steps", f"must be >= 1, got {cfg.max_steps}")
-    _need(cfg.batch_size >= 1, "batch_size", f"must be >= 1, got {cfg.batch_size}")
-    _need(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
-    _need(cfg.val_size >= 0, "val_size", f"must be >= 0, got {cfg.val_size}")
-    _need(cfg.stop_at_accuracy is None or 0 < cfg.stop_at_accuracy <= 1, "stop_at_accuracy",
-          f"must be in (0, 1] or null, got {cfg.stop_at_accuracy}")
-    _need(cfg.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
-    _need(cfg.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {cfg.eval_batch_size}")
-    _need(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
-    _check_optim(cfg.optim)
-    _check_model_and_task(cfg.model, cfg.task)
-
-
-def _fill_defaults(default: Any, data: dict) -> dict:
-    """`data` with every option it leaves out taken from the dataclass instance `default`,
-    section by section: `from_dict` alone would build a section that is given at all
-    (`optim: {lr: 3e-3}`) from its class defaults, dropping SFTConfig's own ones."""
-    out = dict(data)
-    for f in dataclasses.fields(default):
-        value = getattr(default, f.name)
-        if f.name not in out:
-            out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
-        elif dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
-            out[f.name] = _fill_defaults(value, out[f.name])
-    return out
-
-
-def build_sft_config(data: dict | None = None, overrides: list[str] = ()) -> SFTConfig:
-    """SFTConfig defaults <- `data` (nested dict, e.g. a YAML preset) <- `overrides` (`a.b=value`)."""
-    merged = _fill_defaults(SFTConfig(), apply_overrides(data, overrides))
-    cfg = from_dict(SFTConfig, merged)
-    _check_sft_ranges(cfg)
-    return cfg
-
-
-def load_sft_config(path: str | Path | None = None, overrides: list[str] = ()) -> SFTConfig:
-    return build_sft_config(load_yaml(path) if path else {}, overrides)

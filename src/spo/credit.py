@@ -47,7 +47,8 @@ from spo.algorithms.base import Context, Response, Timer, score_responses
 from spo.algorithms.base import sample_responses as base_sample_responses
 from spo.algorithms.registry import algorithm_class
 from spo.cache import cache_dir
-from spo.config import ConfigError, RunConfig, build_config, load_sections, to_dict
+from spo.config import ConfigError, RunConfig, build_config
+from spo.config_io import load_sections, to_dict
 from spo.evaluate.credit import (
     CreditMetrics,
     bootstrap_differences,
@@ -56,6 +57,7 @@ from spo.evaluate.credit import (
     unit_estimates,
 )
 from spo.evaluate.ground_truth import PrefixValue, prefix_values
+from spo.seeds import SALT_TRUTH
 from spo.train.checkpoint import write_text_atomic
 from spo.train.progress import Progress
 
@@ -64,7 +66,6 @@ log = logging.getLogger("spo.credit")
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
 SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo", "reinforce_pp")
-SALT_TRUTH = 23  # the ground truth's continuations: a stream no estimator uses
 
 
 @dataclass
@@ -181,10 +182,9 @@ class Setup:
 
 def build_setup(cfg: CreditConfig) -> Setup:
     from spo.distributed import Dist, make_accelerator
-    from spo.models import load_policy_from_config, load_tokenizer
     from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
-    from spo.train.sft import resolve_model_name
+    from spo.train.sft import load_model_and_tokenizer
 
     rc = build_config(cfg.run)
     torch.manual_seed(rc.seed)
@@ -192,9 +192,7 @@ def build_setup(cfg: CreditConfig) -> Setup:
     problems = task.problems(cfg.credit.split, cfg.credit.prompts)
     if not problems:
         raise ConfigError(f"task {rc.task.name!r} has no {cfg.credit.split} problems")
-    model_cfg = dataclasses.replace(rc.model, name_or_path=resolve_model_name(rc.model.name_or_path))
-    tokenizer = load_tokenizer(resolve_model_name(rc.model.tokenizer or model_cfg.name_or_path))
-    model = load_policy_from_config(model_cfg, seed=rc.seed)
+    model, tokenizer = load_model_and_tokenizer(rc.model, seed=rc.seed)
     model.eval()
     engine = build_engine(rc.sampling, model, tokenizer)
     return Setup(Context(rc, engine, tokenizer, task, problems, model, Dist(make_accelerator()),

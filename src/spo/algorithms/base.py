@@ -176,7 +176,7 @@ class Context:
                 self.tokenizer, self.problems[problem_index], t.prompt_format, t.system_prompt, t.prompt_template)
         return self._prompt_cache[problem_index]
 
-    def sampling_params(self, iteration: int, salt: int) -> SamplingParams:
+    def sampling_params(self, iteration: int, salt: str) -> SamplingParams:
         """The policy's sampling settings, seeded for one stream of this iteration."""
         s = self.cfg.sampling
         return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
@@ -198,7 +198,8 @@ class Context:
         model.eval()
         scored = compute_logprobs(model, [s.prompt_ids for s in samples], [s.response_ids for s in samples],
                                   self.cfg.sampling.temperature, self.cfg.algorithm.micro_batch_size,
-                                  pad_token_id=self.pad_token_id)
+                                  pad_token_id=self.pad_token_id, packing=self.cfg.algorithm.packing,
+                                  micro_batch_tokens=self.cfg.algorithm.micro_batch_tokens)
         model.train(was_training)
         for s, lp in zip(samples, scored.to_lists()):
             s.logprobs = lp

@@ -29,7 +29,7 @@ from spo.estimate.registry import get_estimator
 
 def estimator_options(a: AlgorithmConfig) -> dict[str, Any]:
     """The config options an outcome estimator takes."""
-    return {"scale_by_std": a.scale_by_std} if a.estimator == "grpo" else {}
+    return {"scale_by_std": a.scale_by_std, "eps": a.std_eps} if a.estimator == "grpo" else {}
 
 
 @register_algorithm("grpo", "rloo", "reinforce")

@@ -16,6 +16,7 @@ The critic is saved in checkpoints as a Hugging Face `*ForTokenClassification` f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -42,10 +43,9 @@ from spo.models import plain_copy
 from spo.optimize.logprobs import compute_values
 from spo.optimize.losses import aggregate_loss, clipped_value_loss
 from spo.optimize.optimizer import build_optimizer
-from spo.optimize.update import pad_rows
-from spo.seeds import derive_seed
+from spo.optimize.update import NonFiniteLossError, micro_batches, packing_enabled, pad_rows
+from spo.seeds import SALT_CRITIC, derive_seed
 
-SALT_CRITIC = 13  # the critic's mini-batch shuffle (spo.seeds lists the others)
 CRITIC_DIR, CRITIC_OPTIMIZER = "critic", "critic_optimizer.pt"
 
 
@@ -116,16 +116,16 @@ class PPO(Algorithm):
         """V_t [B, T] of every response state under the current critic."""
         critic = self.ctx.dist.unwrap(self.critic)
         critic.eval()
-        mb = self.cfg.algorithm.micro_batch_size
+        a = self.cfg.algorithm
+        packing = packing_enabled(critic, a)
         width = max(len(r.response_ids) for r in responses)
-        parts = []
-        for i in range(0, len(responses), mb):
-            rows = responses[i : i + mb]
-            v = compute_values(critic, [r.prompt_ids for r in rows], [r.response_ids for r in rows],
-                               self.ctx.pad_token_id)
-            parts.append(torch.nn.functional.pad(v.cpu(), (0, width - v.shape[1])))
+        out = torch.zeros((len(responses), width))
+        for rows in micro_batches(responses, range(len(responses)), a, packing):
+            v = compute_values(critic, [responses[i].prompt_ids for i in rows],
+                               [responses[i].response_ids for i in rows], self.ctx.pad_token_id, packing=packing)
+            out[rows, : v.shape[1]] = v.cpu()
         critic.train()
-        return torch.cat(parts)
+        return out
 
     def train_critic(self, responses: list[Response], old_values: torch.Tensor, returns: torch.Tensor,
                      iteration: int) -> dict[str, float]:
@@ -135,25 +135,27 @@ class PPO(Algorithm):
         mask = pad_rows([[1.0] * len(r.response_ids) for r in responses], old_values.shape[1])
         n = len(responses)
         steps = math.ceil(dist.global_sum(n) / a.mini_batch_size)
+        packing = packing_enabled(self.critic, a)
+        if dist.is_fsdp:  # every process runs as many forwards: micro-batches of rows, not tokens
+            a = dataclasses.replace(a, micro_batch_tokens=None)
         sums = {"critic_loss": 0.0, "value_clip_frac": 0.0, "value_error": 0.0, "tokens": 0.0}
         for epoch in range(a.epochs):
             order = list(range(n))
-            random.Random(derive_seed(cfg.seed, iteration, dist.rank, SALT_CRITIC + 100 * epoch)).shuffle(order)
+            random.Random(derive_seed(cfg.seed, iteration, dist.rank, SALT_CRITIC, epoch)).shuffle(order)
             for k in range(steps):
                 mb = order[k * n // steps : (k + 1) * n // steps]
                 normalizer = max(dist.global_sum(mask[mb].sum().item()), 1.0)
-                for i in range(0, len(mb), a.micro_batch_size):
-                    rows = mb[i : i + a.micro_batch_size]
+                for rows in micro_batches(responses, mb, a, packing):
                     batch = [responses[j] for j in rows]
                     v = compute_values(self.critic, [r.prompt_ids for r in batch], [r.response_ids for r in batch],
-                                       self.ctx.pad_token_id)
+                                       self.ctx.pad_token_id, packing=packing)
                     width = v.shape[1]
                     m = mask[rows, :width].to(v.device)
                     per_token, st = clipped_value_loss(v, old_values[rows, :width].to(v.device),
                                                        returns[rows, :width].to(v.device), m, cfg.critic.value_clip)
                     loss = aggregate_loss(per_token, m, "token_mean", normalizer=normalizer)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
+                        raise NonFiniteLossError(f"iteration {iteration + 1}: critic loss is {loss.item()}")
                     dist.backward(loss * dist.world)  # DDP averages over processes
                     tokens = float(m.sum())
                     sums["critic_loss"] += float(loss.detach()) * normalizer

@@ -1,4 +1,4 @@
-"""Algorithms by name (`algorithm.estimator`): a new method is a module with one
+"""Algorithms by name (`algorithm.name`): a new method is a module with one
 decorated class, and its module in `BUILTIN_MODULES`; the training loop does not change.
 
     @register_algorithm("my_method")
@@ -51,5 +51,5 @@ def algorithm_class(name: str) -> type:
     """The class registered as `name`; a ConfigError naming the known ones otherwise."""
     known = available_algorithms()
     if name not in ALGORITHMS:
-        raise ConfigError(f"algorithm.estimator: unknown algorithm {name!r}; known: {', '.join(known)}")
+        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; known: {', '.join(known)}")
     return ALGORITHMS[name]

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from spo.algorithms.base import (
     Algorithm,
@@ -33,38 +32,10 @@ from spo.algorithms.base import (
     set_advantages,
 )
 from spo.algorithms.registry import register_algorithm
-from spo.estimate.registry import EstimatorInputs, register_estimator
+from spo.estimate.reinforce_pp import reinforce_pp
 from spo.optimize.logprobs import compute_logprobs
 from spo.optimize.losses import whiten_across
 from spo.optimize.update import pad_rows
-
-
-def kl_shaped_returns(scores: Tensor, token_kl: Tensor, response_mask: Tensor, *, kl_coef: float,
-                      gamma: float = 1.0) -> Tensor:
-    """Returns G_t [B, T] of the rewards r_t = -kl_coef * token_kl_t + [t = last] * score.
-
-    `token_kl` [B, T] is log pi_old - log pi_ref per token (0 on padding); `scores` [B] is
-    each response's reward, paid on its last token. Pure; 0 on padding."""
-    mask = response_mask.to(torch.float32)
-    rewards = -kl_coef * token_kl.to(torch.float32) * mask
-    lengths = mask.sum(-1).long()
-    rows = torch.arange(len(scores))[lengths > 0]
-    rewards[rows, lengths[rows] - 1] += scores.to(torch.float32)[rows]
-    returns = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0])
-    for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * mask[:, t]  # padding after a response's end does not carry over
-    return returns * mask
-
-
-@register_estimator("reinforce_pp")
-def reinforce_pp(inputs: EstimatorInputs, *, kl_coef: float = 0.0, gamma: float = 1.0) -> Tensor:
-    """REINFORCE++ token returns (before the global normalisation), from
-    `inputs.extras["token_kl"]` when given (else no KL)."""
-    token_kl = inputs.extras.get("token_kl", torch.zeros(inputs.response_mask.shape))
-    return kl_shaped_returns(inputs.rewards, token_kl, inputs.response_mask, kl_coef=kl_coef, gamma=gamma)
 
 
 @register_algorithm("reinforce_pp")
@@ -86,7 +57,8 @@ class ReinforcePP(Algorithm):
             with timer("reference"), torch.no_grad():
                 ref = compute_logprobs(ctx.reference, [r.prompt_ids for r in responses],
                                        [r.response_ids for r in responses], self.cfg.sampling.temperature,
-                                       a.micro_batch_size, pad_token_id=ctx.pad_token_id)
+                                       a.micro_batch_size, pad_token_id=ctx.pad_token_id, packing=a.packing,
+                                       micro_batch_tokens=a.micro_batch_tokens)
                 token_kl = old - ref.logprobs[:, :width].float().cpu()
         with timer("estimate"):  # 3.
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses],

@@ -162,7 +162,7 @@ def estimate_chain_values(
             contexts = [list(prompt_ids[states[s][0]]) + list(response_ids[states[s][0]][: states[s][1]])
                         for s in ids]
             budgets = [max(params.max_new_tokens - states[s][1], 0) for s in ids]
-            # later calls get streams far from every derived seed (spo.seeds adds small numbers)
+            # each later call: the seed shifted by 2^40 per call, a stream of its own
             call_params = params if calls == 0 or params.seed is None else replace(
                 params, seed=(params.seed + calls * 2**40) % 2**62)
             rollouts = engine.generate(contexts, call_params, n=n, max_new_tokens=budgets)

@@ -8,7 +8,7 @@ An advantage estimator is a pure tensor function registered under a name:
 
 and the trainer calls it as
 
-    advantages = get_estimator(cfg.algorithm.estimator)(inputs, **options)
+    advantages = get_estimator(name)(inputs, **options)
 
 Contract shared by every estimator
 ----------------------------------
@@ -104,7 +104,7 @@ ADVANTAGE_ESTIMATORS: dict[str, EstimatorFn] = {}
 # Modules whose import registers the built-in estimators (imported lazily by
 # `get_estimator` / `available_estimators` to avoid an import cycle).
 _BUILTIN_MODULES: tuple[str, ...] = ("spo.estimate.outcome", "spo.estimate.segment", "spo.estimate.tree",
-                                     "spo.estimate.gae")
+                                     "spo.estimate.gae", "spo.estimate.reinforce_pp")
 
 
 class UnknownEstimatorError(KeyError, ValueError):

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from spo.config import ConfigError, load_yaml
+from spo.config import ConfigError
+from spo.config_io import load_yaml
 from spo.train.run_log import EPISODES_DIR, METRICS_FILE, read_metrics
 
 log = logging.getLogger("spo.inspect")
@@ -140,7 +141,7 @@ def tokenizer_sources(run_dir: Path, config: dict[str, Any]) -> list[str]:
 
 
 def _cached_sft_folder(name: str) -> str | None:
-    from spo.config import load_sft_config
+    from spo.train.sft_config import load_sft_config
     from spo.presets import resolve_preset
     from spo.train.sft import output_path
 
@@ -338,7 +339,8 @@ def index_payload(run_dir: Path, config: dict[str, Any], available: list[int], e
     algo, model, task = config.get("algorithm") or {}, config.get("model") or {}, config.get("task") or {}
     return {
         "run": run_dir.resolve().name, "path": str(run_dir.resolve()), "mode": mode, "tokenizer": tokenizer,
-        "estimator": algo.get("estimator"), "model": model.get("name_or_path"), "task": task.get("name"),
+        "estimator": algo.get("name", algo.get("estimator")),  # runs before algorithm.name: `estimator`
+        "model": model.get("name_or_path"), "task": task.get("name"),
         "rho": algo.get("rho"), "prob_mask": algo.get("prob_mask"), "start_value": algo.get("start_value"),
         "config_yaml": yaml.safe_dump(config, sort_keys=False),
         "metrics": train, "evals": evals, "available": available, "embedded": embedded,

@@ -5,6 +5,11 @@ micro-batch (contexts left-padded, responses right-padded, attention mask and po
 ids, and only the response positions through the LM head). The trainer calls it with
 gradients for the loss and without for old / reference log-probs. Its log-probs match
 the ones the HF engine returns while sampling (to ~1e-5 in float32).
+
+With ``packing=True`` the pairs of a micro-batch that share prefixes (a group's prompt, a
+tree's path) are scored as one packed sequence with each shared token once
+(`spo.optimize.packing`); models that cannot take its 4-D mask fall back to padded rows,
+with the reason logged once. Both layouts give the same numbers (to ~1e-6 in float32).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from spo.optimize.packing import packed_scores, packing_unsupported, plan_micro_batches, warn_fallback
 
 __all__ = ["TokenLogprobs", "compute_logprobs", "compute_values", "pack_pairs"]
 
@@ -48,6 +55,8 @@ def compute_logprobs(
     *,
     return_entropy: bool = False,
     pad_token_id: int = 0,
+    packing: bool = False,
+    micro_batch_tokens: int | None = None,
 ) -> TokenLogprobs:
     """Teacher-forced log-probs of ``responses[b]`` given ``contexts[b]``.
 
@@ -61,6 +70,10 @@ def compute_logprobs(
     policy loss (each micro-batch keeps its graph until backward, so for training
     pass one micro-batch per call). Micro-batches are formed after sorting by length
     (less padding); results come back in input order, padded to the longest response.
+
+    ``packing=True``: micro-batches keep samples that share prefixes together (at most
+    ``micro_batch_tokens`` packed tokens each when given, else ``micro_batch_size``
+    samples) and each is one packed forward (`spo.optimize.packing`); padded rows when the model cannot.
     """
     if len(contexts) != len(responses):
         raise ValueError("contexts and responses differ in length")
@@ -72,20 +85,23 @@ def compute_logprobs(
     if B == 0 or R == 0:
         z = torch.zeros((B, R), device=device)
         return TokenLogprobs(z, z.bool(), z.clone() if return_entropy else None, lengths)
-    mb = B if not micro_batch_size else int(micro_batch_size)
-    order = sorted(range(B), key=lambda b: (len(contexts[b]) + lengths[b], lengths[b]))
+    if packing and (reason := packing_unsupported(model)) is not None:
+        warn_fallback(reason)
+        packing = False
+    if packing:
+        batches = plan_micro_batches([list(c) + list(r) for c, r in zip(contexts, responses)],
+                                     None if micro_batch_tokens else micro_batch_size, micro_batch_tokens)
+    else:
+        mb = B if not micro_batch_size else int(micro_batch_size)
+        order = sorted(range(B), key=lambda b: (len(contexts[b]) + lengths[b], lengths[b]))
+        batches = [order[s : s + mb] for s in range(0, B, mb)]
     parts_lp, parts_ent, parts_idx = [], [], []
-    for s in range(0, B, mb):
-        idx = order[s : s + mb]
-        lp, ent = _score_batch(
-            model,
-            [contexts[b] for b in idx],
-            [responses[b] for b in idx],
-            T,
-            return_entropy,
-            pad_token_id,
-            device,
-        )
+    for idx in batches:
+        ctx, resp = [contexts[b] for b in idx], [responses[b] for b in idx]
+        if packing:
+            lp, ent = packed_scores(model, ctx, resp, T, return_entropy=return_entropy)
+        else:
+            lp, ent = _score_batch(model, ctx, resp, T, return_entropy, pad_token_id, device)
         parts_lp.append(F.pad(lp, (0, R - lp.shape[1])))
         if ent is not None:
             parts_ent.append(F.pad(ent, (0, R - ent.shape[1])))
@@ -144,11 +160,17 @@ def _score_batch(model, contexts, responses, T, return_entropy, pad_id, device):
 
 
 def compute_values(critic, contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                   pad_token_id: int = 0) -> torch.Tensor:
+                   pad_token_id: int = 0, *, packing: bool = False) -> torch.Tensor:
     """A value model's V_t [B, R] for every response state (the context and the response
     tokens before t), 0 on padding, in one forward (pass one micro-batch per call when
     training). `critic` returns one number per position in `.logits[..., 0]` (a
-    `*ForTokenClassification` model with one label). Grad mode is the caller's."""
+    `*ForTokenClassification` model with one label). Grad mode is the caller's.
+    ``packing=True``: one packed forward (shared prefixes once) where the model allows."""
+    if packing and (reason := packing_unsupported(critic)) is not None:
+        warn_fallback(reason)
+        packing = False
+    if packing:
+        return packed_scores(critic, contexts, responses, values=True)[0]
     device = next(critic.parameters()).device
     ids, mask, pos, _, valid, Lc, R = pack_pairs(contexts, responses, pad_token_id, device)
     out = critic(input_ids=ids, attention_mask=mask, position_ids=pos).logits[..., 0]

@@ -117,6 +117,12 @@ def whiten_across(values: Tensor, mask: Tensor, total: Callable[[float], float] 
     return (values - mean) / math.sqrt(var + 1e-8) * m
 
 
+def _log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """log ratio_t = log pi(y_t) - log pi_old(y_t), clamped; non-counted tokens -> 0 (ratio 1)."""
+    log_ratio = torch.where(mask.bool(), logprobs - old_logprobs.detach(), _zeros_like(logprobs))
+    return log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+
+
 def ppo_clip_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -135,9 +141,7 @@ def ppo_clip_loss(
     if clip_eps_high is None:
         clip_eps_high = clip_eps_low
     m = mask.bool()
-    # log ratio_t = log pi(y_t) - log pi_old(y_t); non-counted tokens -> 0 (ratio 1)
-    log_ratio = torch.where(m, logprobs - old_logprobs.detach(), _zeros_like(logprobs))
-    log_ratio = log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    log_ratio = _log_ratio(logprobs, old_logprobs, m)
     ratio = torch.exp(log_ratio)
     adv = advantages.detach()
     unclipped = -adv * ratio  # -A_t * ratio_t
@@ -263,6 +267,7 @@ def policy_loss(
     normalizer: float | Tensor | None = None,
     kl_aggregation: str = "token_mean",
     sequences: float | None = None,
+    kl_importance_correction: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO-clip + kl_coef * k3(pi || ref), over the counted tokens of `mask`.
 
@@ -273,13 +278,15 @@ def policy_loss(
             + kl_coef * sum_{b,t} k3[b,t] m[b,t] / S
     with S = `sequences` (pass the global count of the mini-batch, as for `normalizer`;
     default: the rows of this batch), so it weighs about (tokens per sequence) times more
-    than the token mean.
+    than the token mean. `kl_importance_correction` multiplies k3 by ratio = pi/pi_old (with
+    its gradient; TRL's `use_bias_correction_kl`): the tokens come from pi_old, the KL is
+    of pi.
 
     `mask` is the counted-token mask (response mask, possibly AND the probability mask).
     Returns (loss scalar with grad, stats). Stats are Python floats: "loss" (the returned
     value), "pg_loss" (token mean of the PPO part over counted tokens, whatever the
     aggregation: comparable across modes and micro-batches), "kl" (token mean of k3 over
-    counted tokens; 0 without ref), "clip_frac", "approx_kl", "ratio_mean" (token means
+    counted tokens, the corrected one with `kl_importance_correction`; 0 without ref), "clip_frac", "approx_kl", "ratio_mean" (token means
     over counted tokens, see `ppo_clip_loss`) and "num_tokens" (counted tokens)."""
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
@@ -292,6 +299,8 @@ def policy_loss(
     kl_mean, kl_term = 0.0, None
     if ref_logprobs is not None:
         kl = kl_k3(logprobs, ref_logprobs, mask)
+        if kl_importance_correction:
+            kl = kl * torch.exp(_log_ratio(logprobs, old_logprobs, mask))
         kl_mean = float(masked_mean(kl.detach(), mask))
         if kl_coef != 0.0 and kl_aggregation == "token_mean":
             per_token = per_token + kl_coef * kl

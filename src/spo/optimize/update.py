@@ -15,6 +15,13 @@ with nothing in a step still runs one zero-weight micro-batch so that it joins t
 step's gradient all-reduce. Under FSDP every forward pass is a collective (the layers'
 weights are gathered), so every process runs as many micro-batches as the process with
 the most, padding with zero-weight ones.
+
+With `algorithm.packing` (the default) each micro-batch is one packed sequence in which a
+prefix its samples share (a group's prompt, a tree's path) appears once (spo.optimize.
+packing), and the micro-batches of a mini-batch keep such samples together: at most
+`micro_batch_size` samples each, or, with `micro_batch_tokens`, whole groups/trees up to
+that many packed tokens. The mini-batches themselves (which samples each optimizer step
+sees) do not change, so neither do the losses and their normalisations.
 """
 
 from __future__ import annotations
@@ -32,15 +39,17 @@ import torch
 from spo.config import RunConfig
 from spo.optimize.logprobs import compute_logprobs
 from spo.optimize.losses import masked_whiten, policy_loss, whiten_across
-from spo.seeds import derive_seed
+from spo.optimize.packing import packing_unsupported, plan_micro_batches, warn_fallback
+from spo.seeds import SALT_UPDATE_SHUFFLE, derive_seed
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf: training stops before the bad step is applied."""
 
 
-class TrainSample(Protocol):
-    """What the update reads of one sequence (see spo.algorithms.base.TrainSample)."""
+class UpdateSample(Protocol):
+    """What the update reads of one sequence: the fields spo.algorithms.base.TrainSample (which
+    the algorithms fill) has for it."""
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -56,6 +65,30 @@ def pad_rows(rows: Sequence[Sequence[float]], width: int, value: float = 0.0, dt
         if r:
             out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
     return out
+
+
+def micro_batches(samples: Sequence[UpdateSample], rows: Sequence[int], algorithm, packing: bool) -> list[list[int]]:
+    """Split mini-batch `rows` (indices into `samples`) into micro-batches: consecutive
+    `micro_batch_size` rows, or with `packing` samples sharing prefixes kept together (by
+    `micro_batch_tokens` packed tokens when set). `whiten: micro_batch` keeps the rows'
+    order (the whitening groups do not change with packing)."""
+    a = algorithm
+    if not packing or a.whiten == "micro_batch":
+        return [list(rows[i : i + a.micro_batch_size]) for i in range(0, len(rows), a.micro_batch_size)]
+    sequences = [samples[i].prompt_ids + samples[i].response_ids for i in rows]
+    by_tokens = a.micro_batch_tokens is not None
+    plan = plan_micro_batches(sequences, None if by_tokens else a.micro_batch_size, a.micro_batch_tokens)
+    return [[rows[k] for k in part] for part in plan]
+
+
+def packing_enabled(model, algorithm) -> bool:
+    """`algorithm.packing`, unless `model` cannot take a packed layout (logged once)."""
+    if not algorithm.packing:
+        return False
+    reason = packing_unsupported(model)
+    if reason is not None:
+        warn_fallback(reason)
+    return reason is None
 
 
 class _RunningMeans:
@@ -98,7 +131,7 @@ class PolicyUpdate:
     steps_per_iteration: int
     pad_token_id: int
 
-    def __call__(self, samples: Sequence[TrainSample], iteration: int, progress) -> dict[str, float]:
+    def __call__(self, samples: Sequence[UpdateSample], iteration: int, progress) -> dict[str, float]:
         """Train on this process's `samples`; returns the update's statistics."""
         cfg, a = self.cfg, self.cfg.algorithm
         n = len(samples)
@@ -113,6 +146,7 @@ class PolicyUpdate:
         if a.whiten == "global":
             adv = whiten_across(adv, mask, self.dist.global_sum)
 
+        packing = packing_enabled(self.policy, a)
         stats = _RunningMeans()
         # Every process takes the same number of optimizer steps (DDP all-reduces once per
         # step), set by the global sample count; its local samples are split evenly into them.
@@ -123,12 +157,13 @@ class PolicyUpdate:
         minibatches = []
         for epoch in range(a.epochs):
             order = list(range(n))
-            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, salt=epoch + 1)).shuffle(order)
+            random.Random(derive_seed(cfg.seed, iteration, self.dist.rank, SALT_UPDATE_SHUFFLE, epoch)).shuffle(order)
             minibatches += [order[k * n // steps : (k + 1) * n // steps] for k in range(steps)]
-        micro_steps = sum(max(math.ceil(len(mb) / a.micro_batch_size), 1) for mb in minibatches)
+        plans = [micro_batches(samples, mb, a, packing) for mb in minibatches]
+        micro_steps = sum(max(len(plan), 1) for plan in plans)
         with progress.phase(f"iter {iteration + 1} optimize", total=micro_steps) as bar:
-            for mb in minibatches:
-                self._optimizer_step(samples, mb, adv, mask, old_lp, iteration, stats, bar)
+            for mb, plan in zip(minibatches, plans):
+                self._optimizer_step(samples, mb, plan, adv, mask, old_lp, iteration, stats, bar)
         self._finish_schedule(iteration)
         out = stats.means(self.dist)  # over all processes' micro-batches
         out["lr"] = self.scheduler.get_last_lr()[0]
@@ -142,8 +177,9 @@ class PolicyUpdate:
             while self.scheduler.last_epoch < (iteration + 1) * self.steps_per_iteration:
                 self.scheduler.step()
 
-    def _optimizer_step(self, samples, mb, adv, mask, old_lp, iteration, stats, bar) -> None:
-        """One optimizer step on mini-batch `mb` (indices), accumulated over micro-batches."""
+    def _optimizer_step(self, samples, mb, micro, adv, mask, old_lp, iteration, stats, bar) -> None:
+        """One optimizer step on mini-batch `mb` (indices), accumulated over its micro-batches
+        `micro` (lists of indices)."""
         cfg, a, dist = self.cfg, self.cfg.algorithm, self.dist
         if a.loss_agg == "token_mean":
             normalizer = dist.global_sum(mask[mb].sum().item())
@@ -153,7 +189,7 @@ class PolicyUpdate:
             normalizer *= cfg.sampling.max_new_tokens
         normalizer = max(normalizer, 1.0)
         sequences = max(dist.global_sum(len(mb)), 1.0) if a.kl_aggregation == "sequence_sum" else None
-        micro = [mb[i : i + a.micro_batch_size] for i in range(0, len(mb), a.micro_batch_size)] or [[]]
+        micro = list(micro) or [[]]
         if dist.is_fsdp:  # the same number of forward passes on every process
             micro += [[]] * (int(dist.global_max(len(micro))) - len(micro))
         for j, rows in enumerate(micro):
@@ -184,7 +220,8 @@ class PolicyUpdate:
 
     def _logprobs(self, model, batch, **kwargs):
         return compute_logprobs(model, [s.prompt_ids for s in batch], [s.response_ids for s in batch],
-                                self.cfg.sampling.temperature, pad_token_id=self.pad_token_id, **kwargs)
+                                self.cfg.sampling.temperature, pad_token_id=self.pad_token_id,
+                                packing=self.cfg.algorithm.packing, **kwargs)
 
     def _empty_loss(self) -> torch.Tensor:
         pad = self.pad_token_id
@@ -208,7 +245,8 @@ class PolicyUpdate:
         loss, st = policy_loss(logprobs, old_lp[:, :width].to(logprobs.device), advantages, m,
                                ref_logprobs=ref_logprobs, kl_coef=a.kl_coef if ref_logprobs is not None else 0.0,
                                clip_eps_low=a.clip_eps, clip_eps_high=a.clip_eps_high, agg_mode=a.loss_agg,
-                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences)
+                               normalizer=normalizer, kl_aggregation=a.kl_aggregation, sequences=sequences,
+                               kl_importance_correction=a.kl_importance_correction)
         ent = scored.entropy[:, :width].detach()
         resp = scored.mask[:, :width].float()
         return loss, {

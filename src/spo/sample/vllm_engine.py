@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -56,6 +55,7 @@ from spo.config import ConfigError
 from spo.models import is_lora, plain_copy
 from spo.sample.engine import FinishReason, Rollout, SamplingParams, stop_cut
 from spo.sample.hf_engine import default_stop_token_ids
+from spo.seeds import request_seed
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,6 @@ def first_stop_cut(token_texts: Sequence[str], stops: Sequence[str]) -> int | No
         if offset >= end:
             return stop_cut(token_texts[: k + 1], stops)
     return stop_cut(token_texts, stops)  # pragma: no cover (end <= len(text))
-
-
-def _mix_seed(*parts: int) -> int:
-    digest = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2  # < 2**62
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -484,7 +479,7 @@ class VLLMEngine:
                     temperature=0.0 if greedy else float(params.temperature),
                     top_p=1.0 if greedy else float(params.top_p),
                     top_k=0 if greedy or params.top_k <= 0 else int(params.top_k),
-                    seed=_mix_seed(base_seed, i, j),
+                    seed=request_seed(base_seed, i, j),
                     max_tokens=int(budget),
                     logprobs=0,
                     stop_token_ids=list(self.stop_token_ids),

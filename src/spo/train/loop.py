@@ -17,11 +17,13 @@ same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,11 @@ import torch
 
 from spo.algorithms.base import Algorithm, Batch, Context, iteration_metrics
 from spo.algorithms.registry import algorithm_class
-from spo.config import ConfigError, RunConfig, save_config, to_dict
+from spo.config import ConfigError, RunConfig
+from spo.config_io import save_config, to_dict
 from spo.distributed import Dist, make_accelerator
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
-from spo.models import load_policy_from_config, load_reference, load_tokenizer
+from spo.models import load_reference
 from spo.optimize.optimizer import build_optimizer
 from spo.optimize.update import NonFiniteLossError, PolicyUpdate
 from spo.sample.factory import build_engine
@@ -43,7 +46,7 @@ from spo.train import checkpoint as ckpt
 from spo.train.progress import Progress
 from spo.train.run_dir import prepare_run_dir, run_folder
 from spo.train.run_log import RunLog, metrics_at_checkpoint
-from spo.train.sft import resolve_model_name
+from spo.train.sft import load_model_and_tokenizer
 
 __all__ = ["NonFiniteLossError", "Trainer", "prepare_run_dir", "train"]
 
@@ -84,15 +87,13 @@ class Trainer:
                 "train_size, or set eval.at_start=false eval.at_end=false eval.every=0")
 
         # --- models: the policy, and a frozen copy of its start for the KL term (LoRA: the base)
-        model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
-        self.tokenizer = load_tokenizer(resolve_model_name(cfg.model.tokenizer or model_cfg.name_or_path))
+        policy, self.tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device=self.acc.device)
         t = cfg.task
         problems = self.train_problems = drop_long_questions(
             problems, lambda p: len(self.task.prompt_ids(self.tokenizer, p, t.prompt_format, t.system_prompt,
                                                          t.prompt_template)), t.max_question_tokens)
         if not problems:
             raise ConfigError(f"task.max_question_tokens={cfg.task.max_question_tokens} leaves no training problem")
-        policy = load_policy_from_config(model_cfg, seed=cfg.seed, device=self.acc.device)
         reference = load_reference(policy) if cfg.algorithm.kl_coef > 0 else None
 
         # --- algorithm, optimizer, engine. The lr schedule counts the most optimizer steps an
@@ -147,17 +148,24 @@ class Trainer:
         self.dist.barrier()
         return self.run_dir
 
+    @contextlib.contextmanager
+    def naming_last_good(self) -> Iterator[None]:
+        """A NaN/inf loss (the policy's, or a critic's while collecting) names the last good
+        checkpoint, to resume from."""
+        try:
+            yield
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
+
     def step(self, it: int, progress: Progress) -> dict[str, Any]:
         """One iteration: collect a batch, update the policy on it, sync the engine; returns
         the iteration's metrics (its episodes are written to the episode log)."""
-        with self.dist.gathered(self.policy):  # FSDP: full weights while sampling
+        with self.dist.gathered(self.policy), self.naming_last_good():  # FSDP: full weights while sampling
             batch = self.algorithm.collect(it, progress)
         self.engine.release_memory()  # vLLM's sleep mode frees its memory for the update
         t0 = time.perf_counter()
-        try:
+        with self.naming_last_good():
             stats = self.update(batch.samples, it, progress)
-        except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
         batch.timings["optimize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.engine.sync_weights()  # the HF engine samples from the policy itself: ~0 s

@@ -42,7 +42,8 @@ from typing import Any
 import torch
 
 from spo.cache import cache_dir, staged_folder
-from spo.config import ConfigError, EvalConfig, SFTConfig, load_sft_config, save_config, to_dict
+from spo.config import ConfigError, EvalConfig, ModelConfig
+from spo.config_io import save_config, to_dict
 from spo.evaluate.evaluator import evaluate, evaluation_params, summarize
 from spo.models import load_policy_from_config, load_tokenizer, num_parameters, save_hf_model
 from spo.optimize.optimizer import build_optimizer
@@ -52,6 +53,7 @@ from spo.tasks.problems import Problem, withhold_last
 from spo.tasks.prompts import build_prompt_text
 from spo.tasks.registry import build_task
 from spo.tiny_models import VERSION as TINY_MODELS_VERSION
+from spo.train.sft_config import SFTConfig, load_sft_config
 from spo.train.checkpoint import (
     commit_checkpoint,
     latest_checkpoint,
@@ -209,9 +211,7 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
                           "(arith_steps, gsm8k and math500 have them)")
 
     # --- model
-    model_cfg = dataclasses.replace(cfg.model, name_or_path=resolve_model_name(cfg.model.name_or_path))
-    tokenizer = load_tokenizer(resolve_model_name(cfg.model.tokenizer or model_cfg.name_or_path))
-    model = load_policy_from_config(model_cfg, seed=cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed)
     device = next(model.parameters()).device
     max_len = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
     encoded = [encode_example(tokenizer, task, p, cfg.task.prompt_format, cfg.task.system_prompt,
@@ -393,6 +393,15 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+def load_model_and_tokenizer(model_cfg: ModelConfig, *, seed: int | None = None, device: Any = None) -> tuple[Any, Any]:
+    """(policy, tokenizer) that a config's `model` section names, `sft:<preset>` names
+    resolved first (`resolve_model_name`): what training, SFT, `spo eval` and `spo credit`
+    load a model with."""
+    resolved = dataclasses.replace(model_cfg, name_or_path=resolve_model_name(model_cfg.name_or_path))
+    tokenizer = load_tokenizer(resolve_model_name(model_cfg.tokenizer or resolved.name_or_path))
+    return load_policy_from_config(resolved, seed=seed, device=device), tokenizer
+
+
 def describe(result: SFTResult) -> str:
     """A few lines for the terminal: where, whether cached, steps, accuracy curve, time."""
     m = result.metrics
@@ -404,5 +413,6 @@ def describe(result: SFTResult) -> str:
             f"validation accuracy ({m.get('val_problems', 0)} held-back training problems) by step: {curve}")
 
 
-__all__ = ["SFT_PREFIX", "SFTResult", "config_hash", "ensure_sft_model", "resolve_model_name", "run_sft",
+__all__ = ["SFT_PREFIX", "SFTResult", "config_hash", "ensure_sft_model", "load_model_and_tokenizer",
+           "resolve_model_name", "run_sft",
            "sft_model_for_preset", "train_sft"]

