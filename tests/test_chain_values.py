@@ -116,3 +116,105 @@ def test_group_mean_rewards():
 def test_bad_boundaries_raise():
     with pytest.raises(ValueError, match="do not span"):
         run(BernoulliEngine(3), [[1, 2]], [[0, 1]], [1.0], [0], 2)
+
+
+# --- group samples (algorithm.mc_group_samples) ------------------------------------------
+#
+# A scripted policy: from each state it answers with a fixed queue of continuations, in
+# order. The queue of a state holds some fresh continuations and then the suffixes of the
+# group's responses that share its prefix (the other episodes'), so drawing N fresh
+# continuations and counting the group's responses are the same N samples.
+
+class QueueEngine:
+    def __init__(self, prompt_len: int, queues: dict[tuple[int, ...], list[list[int]]]):
+        self.prompt_len, self.queues = prompt_len, {k: list(v) for k, v in queues.items()}
+        self.continuations = 0
+        self.calls = 0
+
+    def generate(self, contexts, params, n=1, max_new_tokens=None):
+        self.calls += 1
+        out = []
+        for c in contexts:
+            queue = self.queues[tuple(c[self.prompt_len:])]
+            group, self.queues[tuple(c[self.prompt_len:])] = queue[:n], queue[n:]
+            assert len(group) == n, "the script ran out"
+            self.continuations += n
+            out.append([Rollout(list(c), list(t), [-0.1] * len(t), "eos") for t in group])
+        return out
+
+
+def test_group_samples_give_the_values_of_drawing_them_fresh_with_fewer_continuations():
+    # four responses to one prompt; 0, 1 and 2 share the prefix [1, 2]; 3 does not
+    responses = [[1, 2, 5, 1], [1, 2, 6, 0], [1, 2, 1], [3, 4, 0]]
+    rewards = [score_last_token(0, r, False) for r in responses]
+    boundaries = [[0, 2, 4], [0, 1, 4], [0, 3], [0, 3]]  # states: [1, 2] (episode 0), [1] (episode 1)
+    fresh = {(1, 2): [[9, 1], [9, 0], [0]], (1,): [[2, 2, 1], [7, 0], [1]]}
+    # the other matching episodes' suffixes, in episode order
+    group = {(1, 2): [responses[1][2:], responses[2][2:]], (1,): [responses[0][1:], responses[2][1:]]}
+    n = 5
+    queues = {k: fresh[k] + group[k] for k in fresh}
+    alone, shared = QueueEngine(len(PROMPT), queues), QueueEngine(len(PROMPT), queues)
+    base = run(alone, responses, boundaries, rewards, [0] * 4, n)
+    est = estimate_chain_values(shared, [PROMPT] * 4, responses, rewards, [0] * 4, boundaries, score_last_token,
+                                num_samples=n, params=SamplingParams(max_new_tokens=32), group_samples=True)
+    assert est.values == base.values
+    assert est.value_samples == base.value_samples == [[4, 5, 0], [4, 5, 0], [4, 0], [4, 0]]
+    assert est.group_samples == [[4, 2, 0], [4, 2, 0], [4, 0], [4, 0]]  # V(t_0) is the group's mean
+    assert (shared.continuations, alone.continuations) == (6, 10)
+    assert est.continuations == 6 and base.continuations == 10 and est.free_samples == 4
+    assert base.group_samples is None
+
+
+def test_a_state_shared_by_episodes_counts_each_others_responses_not_its_own():
+    responses = [[1, 2, 1], [1, 2, 0], [1, 2, 1]]
+    rewards = [1.0, 0.0, 1.0]
+    boundaries = [[0, 2, 3], [0, 2, 3], [0, 3]]  # [1, 2] is a boundary of episodes 0 and 1
+    engine = QueueEngine(len(PROMPT), {(1, 2): [[0]]})
+    est = estimate_chain_values(engine, [PROMPT] * 3, responses, rewards, [0] * 3, boundaries, score_last_token,
+                                num_samples=3, params=SamplingParams(max_new_tokens=32), group_samples=True)
+    assert engine.continuations == 1  # 3 - (3 matching - itself)
+    assert est.values[0][1] == pytest.approx((0 + 0.0 + 1.0) / 3)  # fresh 0, episodes 1 and 2
+    assert est.values[1][1] == pytest.approx((0 + 1.0 + 1.0) / 3)  # fresh 0, episodes 0 and 2
+    assert est.states == 1 and est.states_free == 0
+
+
+def test_group_samples_can_cover_a_state_without_any_engine_call():
+    responses = [[4, 1], [4, 0], [4, 1], [4, 1]]
+    est = estimate_chain_values(QueueEngine(len(PROMPT), {}), [PROMPT] * 4, responses, [1.0, 0.0, 1.0, 1.0],
+                                [0] * 4, [[0, 1, 2], [0, 2], [0, 2], [0, 2]], score_last_token, num_samples=3,
+                                params=SamplingParams(max_new_tokens=32), group_samples=True)
+    assert est.continuations == 0 and est.engine_calls == 0 and est.states_free == 1
+    assert est.values[0][1] == pytest.approx(2 / 3) and est.value_samples[0][1] == 3
+
+
+def test_group_samples_are_unbiased_where_counting_the_states_own_episode_would_not_be():
+    """A policy that writes 5, then 1 with probability 0.05 (reward 1) or 0 (reward 0): V([5]) =
+    0.05. The cutpoint rule (rho 0.9) puts a boundary at t = 1 only when the second token was
+    the unlikely 1, so the episodes that own the state all scored 1: counting them would bias
+    V up; the other matching responses are fair draws."""
+    from spo.partition.segments import partition_response
+
+    p, group, n, trials = 0.05, 4, 4, 3000
+    rng = random.Random(0)
+
+    class Policy:
+        def generate(self, contexts, params, n=1, max_new_tokens=None):
+            return [[Rollout(list(c), [int(rng.random() < p)], [0.0], "eos") for _ in range(n)] for c in contexts]
+
+    fair, naive = [], []
+    for _ in range(trials):
+        responses = [[5, int(rng.random() < p)] for _ in range(group)]
+        logprobs = [[0.0, math.log(p if r[1] else 1 - p)] for r in responses]
+        bounds = [partition_response(lp, rule="cutpoint", rho=0.9, interval=1)[0] for lp in logprobs]
+        rewards = [float(r[1]) for r in responses]
+        est = estimate_chain_values(Policy(), [PROMPT] * group, responses, rewards, [0] * group, bounds,
+                                    score_last_token, num_samples=n, params=SamplingParams(max_new_tokens=4),
+                                    group_samples=True)
+        for i, b in enumerate(bounds):
+            if len(b) == 3:  # episode i owns the state [5] (its second token was the unlikely 1)
+                v, k = est.values[i][1], est.value_samples[i][1]
+                fair.append(v)
+                naive.append((v * k + rewards[i]) / (k + 1))  # its own reward counted too
+    se = math.sqrt(p * (1 - p) / n / len(fair))
+    assert abs(sum(fair) / len(fair) - p) < 4 * se
+    assert sum(naive) / len(naive) - p > 0.1  # (1 - p) / (n + 1) = 0.19 too high

@@ -185,11 +185,18 @@ def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
     assert (out / "credit.md").read_text().startswith("# spo credit")
     assert (out / "credit_vs_samples.png").is_file()
     rows = {r["label"]: r for r in result["rows"]}
-    assert list(rows) == ["grpo", "rloo", "spo_chain N=2", "vineppo N=2", "spo_tree", "ppo"]
+    assert list(rows) == ["grpo", "rloo", "spo_chain N=2", "vineppo N=2", "spo_tree", "ppo", "spo_chain N=2 group",
+                          "spo_chain N=4 group adaptive 0.5x", "spo_chain N=2 lowest K=2"]
     assert rows["ppo"]["samples"] == 2 * 4 + 2 * 2 * 4  # the responses + its critic's 2 iterations of 2 prompts x 4
     assert rows["ppo"]["token"]["units"] == rows["grpo"]["token"]["units"]
     n = result["responses"]
     assert n == 2 * 4 and rows["grpo"]["samples"] == n and rows["grpo"]["tokens"] == result["response_tokens"]
+    chain, group = rows["spo_chain N=2"], rows["spo_chain N=2 group"]
+    assert chain["continuations"] == chain["samples"] - n and chain["value_mse"] is not None and chain["values"] > 0
+    assert group["continuations"] <= chain["continuations"] and rows["grpo"]["continuations"] == 0
+    adaptive = rows["spo_chain N=4 group adaptive 0.5x"]  # the same states as N=2 (same interval): 0.5 x 4 each at most
+    assert 0 < adaptive["continuations"] <= chain["continuations"]
+    assert rows["spo_chain N=2 lowest K=2"]["continuations"] <= 2 * 2 * n  # at most K states per response, N each
     assert rows["spo_chain N=2"]["samples"] >= n and rows["spo_chain N=2"]["tokens"] >= result["response_tokens"]
     assert rows["spo_tree"]["token"] is None and rows["spo_tree"]["samples"] == 2 * (2 + 4)
     assert rows["spo_tree"]["segment"]["units"] == 2 * (2 + 4)  # every edge of both trees

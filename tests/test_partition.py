@@ -80,3 +80,18 @@ def test_partition_response_applies_the_configured_rule():
     assert partition_response(lp, rule="fixed", rho=0.9, segment_length=4) == ([0, 4, 6], [1, 3, 4])
     with pytest.raises(ValueError, match="unknown partition rule"):
         partition_response(lp, rule="steps")
+
+
+def test_lowest_probability_rule_probes_the_k_least_likely_cutpoints():
+    import math
+
+    from spo.partition.segments import lowest_probability_boundaries
+
+    probs = [0.5, 0.95, 0.3, 0.99, 0.6, 0.2, 0.97, 0.6]  # cutpoints (< 0.9): 0, 2, 4, 5, 7
+    lp = [math.log(p) for p in probs]
+    bounds, cuts = partition_response(lp, rule="lowest", rho=0.9, probe_points=2)
+    assert cuts == [0, 2, 4, 5, 7]
+    assert bounds == [0, 2, 5, 8]  # the two least likely after token 0: 0.2 (5) and 0.3 (2)
+    assert partition_response(lp, rule="lowest", rho=0.9, probe_points=3)[0] == [0, 2, 4, 5, 8]  # tie 0.6: the earlier
+    assert lowest_probability_boundaries(lp, cuts, 10) == [0, 2, 4, 5, 7, 8]  # fewer cutpoints than K: all
+    assert partition_response([math.log(0.99)] * 3, rule="lowest", rho=0.9)[0] == [0, 3]  # none: one segment

@@ -163,10 +163,15 @@ class AlgorithmConfig:
     """Count only tokens whose old probability is below `mask_rho` in the loss (SPO's mask)."""
     mask_rho: float | None = None
     """Probability threshold of the mask (null = the partition's `rho`)."""
-    partition: Literal["cutpoint", "fixed", "step"] = "cutpoint"
+    partition: Literal["cutpoint", "fixed", "step", "lowest"] = "cutpoint"
     """SPO-chain's segment rule: a boundary before every `interval`-th token whose old
-    probability is below `rho` (cutpoint), every `segment_length` tokens (fixed), or after
-    every `step_delimiter` (step, VinePPO's reasoning steps; `vineppo` always uses it)."""
+    probability is below `rho` (cutpoint), every `segment_length` tokens (fixed), after
+    every `step_delimiter` (step, VinePPO's reasoning steps; `vineppo` always uses it), or
+    before the `probe_points` cutpoints of lowest probability (lowest: MC values where the
+    policy was least sure, at most `probe_points` states per response)."""
+    probe_points: int = 4
+    """SPO-chain with `partition: lowest`: boundaries per response (the K lowest-probability
+    cutpoints; fewer when it has fewer cutpoints)."""
     step_delimiter: str = "\n"
     """The text that ends a reasoning step for the step partition (VinePPO splits at newlines)."""
     rho: float = 0.9
@@ -183,6 +188,37 @@ class AlgorithmConfig:
     """SPO-chain: continuations sampled per boundary to estimate its value (N)."""
     start_value: Literal["group_mean", "mc"] = "group_mean"
     """SPO-chain: V(t_0), the prompt's value, from the mean reward of its G responses, or by MC."""
+    mc_group_samples: bool = False
+    """SPO-chain/VinePPO: count the group's own responses as samples of a state's value. A
+    response of the same prompt whose first t tokens equal the state's prefix (exact token
+    comparison) is an on-policy rollout from it: its reward counts in V, and only
+    `mc_samples` minus those are sampled fresh. A state's own response never counts for
+    it (its boundary was placed by its next token); docs/algorithms.md."""
+    mc_allocation: Literal["fixed", "adaptive"] = "fixed"
+    """SPO-chain/VinePPO: how fresh continuations are spread over the states. fixed: N
+    (`mc_samples`) per state. adaptive: a budget of `mc_budget` x N x states per iteration,
+    in rounds: every state first gets `mc_min_samples`; then states with at least
+    `mc_stop_samples` samples that all agree stop, and the rest of the budget goes, `mc_min_samples` at a time, to the states whose
+    values' posterior variance (Beta for rewards in [0, 1]) most burdens the advantages
+    they enter. The stopping rule biases values towards 0 or 1 (docs/algorithms.md)."""
+    mc_budget: float = 1.0
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: fresh continuations per iteration,
+    as a multiple of the fixed rule's mc_samples x states (at most; what is left when
+    every state has stopped is not spent)."""
+    mc_min_samples: int = 2
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: samples every state gets first (its
+    group samples count), and the step of each later round."""
+    mc_stop_samples: int = 6
+    """SPO-chain/VinePPO with `mc_allocation: adaptive`: a state stops getting continuations
+    once at least this many of its samples all agree (fewer stops states that are merely
+    lucky early: benchmarks/sim_mc_allocation.py)."""
+    train_on_continuations: bool = False
+    """SPO-chain/VinePPO: train on the MC continuations too. Each continuation from state s_k
+    (prompt + the response's first t_k tokens) is an on-policy response to that context: it
+    joins the batch with every token's advantage r - V(s_k) (V including it), its loss mask
+    by the responses' rule (the probability mask too), its tokens in the loss
+    normalisation. The iteration keeps its planned number of optimizer steps, so its
+    mini-batches grow (docs/algorithms.md)."""
     tree_branching: list[int] = field(default_factory=lambda: [6, 6, 6])
     """SPO-tree: children per node at each level (depth D = its length); replaces
     `sampling.group_size`. Levels 1..D-1 generate `segment_length` tokens, the last runs to the end."""
@@ -364,6 +400,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(a.segment_length >= 1, "algorithm.segment_length", "must be >= 1")
     need(a.max_segments is None or a.max_segments >= 1, "algorithm.max_segments", "must be >= 1 or null")
     need(a.mc_samples >= 1, "algorithm.mc_samples", "must be >= 1")
+    need(a.probe_points >= 1, "algorithm.probe_points", "must be >= 1")
+    need(a.mc_min_samples >= 1, "algorithm.mc_min_samples", "must be >= 1")
+    need(a.mc_stop_samples >= 1, "algorithm.mc_stop_samples", "must be >= 1")
+    need(a.mc_budget * a.mc_samples >= a.mc_min_samples, "algorithm.mc_budget",
+         f"x mc_samples must cover mc_min_samples ({a.mc_budget} x {a.mc_samples} < {a.mc_min_samples})")
     need(len(a.tree_branching) >= 1 and all(b >= 1 for b in a.tree_branching), "algorithm.tree_branching",
          f"must be a non-empty list of integers >= 1, got {a.tree_branching}")
     need(a.max_edges_per_prompt >= 1, "algorithm.max_edges_per_prompt", "must be >= 1")

@@ -72,7 +72,9 @@ class Response(TrainSample):
 
     def log_record(self) -> dict[str, Any]:
         return {
-            **(dataclasses.asdict(self.details) if self.details is not None else {}),
+            # a details field left None (an option that is off) is not logged
+            **({k: v for k, v in dataclasses.asdict(self.details).items() if v is not None}
+               if self.details is not None else {}),
             "problem_index": self.problem_index,
             "group_id": self.group_id,
             "prompt_ids": self.prompt_ids,
@@ -243,9 +245,11 @@ def set_advantages(samples: Sequence[TrainSample], advantages: torch.Tensor, cfg
         s.loss_mask = loss_mask[i, :n].int().tolist()
 
 
-def sample_responses(ctx: Context, iteration: int, progress: Any) -> list[Response]:
-    """G responses to each of this process's prompts of the iteration."""
-    prompts = ctx.prompts(iteration)
+def sample_responses(ctx: Context, iteration: int, progress: Any,
+                     prompts: Sequence[tuple[int, int]] | None = None) -> list[Response]:
+    """G responses to each of this process's prompts of the iteration (or to the given
+    (problem index, group id) pairs, sampled with the iteration's seed)."""
+    prompts = ctx.prompts(iteration) if prompts is None else list(prompts)
     contexts = [ctx.prompt_ids(problem_index) for problem_index, _ in prompts]
     params = ctx.sampling_params(iteration, SALT_SAMPLE)
     with progress.phase(f"iter {iteration + 1} sample", total=None):
@@ -324,6 +328,14 @@ class Algorithm:
 
     def collect(self, iteration: int, progress: Any) -> Batch:
         raise NotImplementedError
+
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        """The advantages step of `collect` on given scored responses: sets each one's
+        advantages, loss mask and details; returns the extra sampling it did (MC states,
+        continuations, tokens: `Batch.work` keys). `spo credit` calls it on its own
+        responses, so what it measures is what training computes. Methods that train on
+        something else than complete responses (SPO-tree's edges) do not have one."""
+        raise NotImplementedError(f"{type(self).__name__} has no advantages step on given responses")
 
     def finish_record(self, record: dict[str, Any], batch: Batch) -> None:
         """Add method-specific metrics to the iteration's record (all processes' numbers)."""

@@ -15,6 +15,7 @@ from typing import Any
 from spo.algorithms.base import (
     Algorithm,
     Batch,
+    Response,
     Timer,
     estimator_inputs,
     response_batch,
@@ -34,10 +35,14 @@ def estimator_options(a: AlgorithmConfig) -> dict[str, Any]:
 @register_algorithm("grpo", "rloo", "reinforce")
 class OutcomeReward(Algorithm):
     def collect(self, iteration: int, progress: Any) -> Batch:
-        ctx, a = self.ctx, self.cfg.algorithm
         timer = Timer()
-        responses = sample_and_score(ctx, iteration, progress, timer)  # 1. and 2.
-        with timer("estimate"):  # 3.
+        responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1. and 2.
+        self.advantages(responses, iteration, progress, timer)  # 3.
+        return response_batch(responses, timings=timer.seconds)
+
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        a = self.cfg.algorithm
+        with timer("estimate"):
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses])
             set_advantages(responses, get_estimator(a.name)(inputs, **estimator_options(a)), self.cfg)
-        return response_batch(responses, timings=timer.seconds)
+        return {}

@@ -84,12 +84,24 @@ class PPO(Algorithm):
         self.critic = ctx.dist.prepare(critic)
 
     def collect(self, iteration: int, progress: Any) -> Batch:
-        ctx, c = self.ctx, self.cfg.critic
         timer = Timer()
-        responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
-        with timer("values"):  # 2.
+        responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
+        values, returns = self.gae(responses, timer)  # 2., 3. and 5.
+        with timer("critic"), progress.phase(f"iter {iteration + 1} critic", total=None):  # 4.
+            stats = self.train_critic(responses, values, returns, iteration)
+        return response_batch(responses, timings=timer.seconds, extras={"critic": stats})
+
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        self.gae(responses, timer)
+        return {}
+
+    def gae(self, responses: list[Response], timer: Timer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic's values of the responses, GAE advantages set on them (with the
+        loss mask and their details); (values, returns) [B, T] for the critic's update."""
+        c = self.cfg.critic
+        with timer("values"):
             values = self.values(responses)
-        with timer("estimate"):  # 3. and 5.
+        with timer("estimate"):
             inputs = estimator_inputs(responses, [r.reward for r in responses], [r.group_id for r in responses])
             advantages, returns = gae_advantages(inputs.rewards, values, inputs.response_mask, gamma=c.gamma,
                                                  lam=c.lam)
@@ -97,9 +109,7 @@ class PPO(Algorithm):
             for i, r in enumerate(responses):
                 n = len(r.response_ids)
                 r.details = CriticValues(values=values[i, :n].tolist(), returns=returns[i, :n].tolist())
-        with timer("critic"), progress.phase(f"iter {iteration + 1} critic", total=None):  # 4.
-            stats = self.train_critic(responses, values, returns, iteration)
-        return response_batch(responses, timings=timer.seconds, extras={"critic": stats})
+        return values, returns
 
     @torch.no_grad()
     def values(self, responses: list[Response]) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from spo.algorithms.base import (
     Algorithm,
     Batch,
+    Response,
     Timer,
     estimator_inputs,
     response_batch,
@@ -42,9 +43,13 @@ class ReinforcePP(Algorithm):
     kl_in_loss = False
 
     def collect(self, iteration: int, progress: Any) -> Batch:
-        ctx, a = self.ctx, self.cfg.algorithm
         timer = Timer()
-        responses = sample_and_score(ctx, iteration, progress, timer)  # 1.
+        responses = sample_and_score(self.ctx, iteration, progress, timer)  # 1.
+        self.advantages(responses, iteration, progress, timer)  # 2. and 3.
+        return response_batch(responses, timings=timer.seconds)
+
+    def advantages(self, responses: list[Response], iteration: int, progress: Any, timer: Timer) -> dict[str, int]:
+        ctx, a = self.ctx, self.cfg.algorithm
         width = max((len(r.response_ids) for r in responses), default=1)
         old = pad_rows([r.logprobs for r in responses], width)
         token_kl = torch.zeros_like(old)
@@ -61,4 +66,4 @@ class ReinforcePP(Algorithm):
             returns = reinforce_pp(inputs, kl_coef=a.kl_coef)
             set_advantages(responses, whiten_across(returns, inputs.response_mask, ctx.dist.global_sum),
                            self.cfg)
-        return response_batch(responses, timings=timer.seconds)
+        return {}

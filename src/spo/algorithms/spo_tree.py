@@ -80,9 +80,8 @@ class SPOTree(Algorithm):
         ctx, cfg, a = self.ctx, self.cfg, self.cfg.algorithm
         timer = Timer()
         prompts = ctx.prompts(iteration)
-        with timer("sample"), progress.phase(f"iter {iteration + 1} sample tree", total=None):  # 1.
-            trees = sample_trees(ctx.engine, [ctx.prompt_ids(pi) for pi, _ in prompts],
-                                 ctx.sampling_params(iteration, SALT_SAMPLE), a.tree_branching, a.segment_length)
+        with timer("sample"):  # 1.
+            trees = self.sample(prompts, iteration, progress)
         with timer("score"):  # 2.
             leaf_rewards = [self.leaf_rewards(tree, pi) for tree, (pi, _) in zip(trees, prompts)]
 
@@ -144,6 +143,19 @@ class SPOTree(Algorithm):
             extras={"root_value_sum": sum(t["nodes"][0]["value"] for t in tree_logs), "trees": len(tree_logs)},
         )
 
+    def sample(self, prompts: list[tuple[int, int]], iteration: int, progress: Any) -> list[Tree]:
+        """One tree per (problem index, group id), sampled with the iteration's seed."""
+        a = self.cfg.algorithm
+        with progress.phase(f"iter {iteration + 1} sample tree", total=None):
+            return sample_trees(self.ctx.engine, [self.ctx.prompt_ids(pi) for pi, _ in prompts],
+                                self.ctx.sampling_params(iteration, SALT_SAMPLE), a.tree_branching, a.segment_length)
+
+    def tree_values(self, tree: Tree, rewards: list[float | None]) -> tuple[list[float], list[float | None]]:
+        """(V of every node, A of every edge into it; None at the root): steps 3 and 4."""
+        parents = [n.parent for n in tree.nodes]
+        values = node_values(parents, rewards)
+        return values, edge_advantages(parents, values, sibling_std=self.cfg.algorithm.sibling_std)
+
     def leaf_rewards(self, tree: Tree, problem_index: int) -> list[float | None]:
         """Reward of every leaf's full response (None for internal nodes); truncated leaves score 0."""
         rewards: list[float | None] = [None] * len(tree.nodes)
@@ -157,9 +169,7 @@ class SPOTree(Algorithm):
     def tree_edges(self, tree: Tree, problem_index: int, group_id: int, rewards: list[float | None],
                    iteration: int) -> tuple[list[TreeEdge], dict[str, Any]]:
         """Edges with nonzero advantage, and the tree's log record (nodes with V and A)."""
-        parents = [n.parent for n in tree.nodes]
-        values = node_values(parents, rewards)
-        advantages = edge_advantages(parents, values, sibling_std=self.cfg.algorithm.sibling_std)
+        values, advantages = self.tree_values(tree, rewards)
         edges = []
         for n in tree.nodes[1:]:
             if abs(advantages[n.id]) < 1e-9:  # all siblings scored alike: no signal

@@ -13,11 +13,11 @@ A credit preset has two sections:
 Steps, all on the frozen policy `run.model`:
   1. responses   `sampling.group_size` responses to each of the first `credit.prompts`
                  problems of `credit.split`, scored;
-  2. estimators  every setting's advantages on those responses, computed with the
-                 project's own code (outcome estimators from the registry; SPO-chain and
-                 VinePPO: `partition_response`, `estimate_chain_values`, `spo_chain`);
-                 SPO-tree samples its own trees (`sample_trees`, `node_values`,
-                 `edge_advantages`). The samples and tokens each spent are counted;
+  2. estimators  every setting's advantages on those responses, computed by its
+                 algorithm's own advantages step (`Algorithm.advantages`, the step of
+                 training's `collect` after sampling and scoring); SPO-tree samples its
+                 own trees and values them with `SPOTree.sample`, `leaf_rewards` and
+                 `tree_values`. The samples and tokens each spent are counted;
   3. ground truth V*(prefix) = mean reward of K continuations from the exact token prefix
                  at every `stride`-th token boundary of every response, at every
                  estimator's segment boundary, and at every tree node's end; cached in
@@ -43,13 +43,12 @@ from typing import Any, Literal
 
 import torch
 
+from spo.algorithms.base import Context, Response, Timer, score_responses
+from spo.algorithms.base import sample_responses as base_sample_responses
+from spo.algorithms.registry import algorithm_class
 from spo.cache import cache_dir
 from spo.config import ConfigError, RunConfig, build_config
 from spo.config_io import load_sections, to_dict
-from spo.estimate.chain_values import estimate_chain_values
-from spo.estimate.registry import EstimatorInputs, get_estimator
-from spo.estimate.segment import spo_chain
-from spo.estimate.tree import edge_advantages, node_values
 from spo.evaluate.credit import (
     CreditMetrics,
     bootstrap_differences,
@@ -58,18 +57,15 @@ from spo.evaluate.credit import (
     unit_estimates,
 )
 from spo.evaluate.ground_truth import PrefixValue, prefix_values
-from spo.optimize.update import pad_rows
-from spo.partition.segments import partition_response
-from spo.sample.engine import SamplingParams
-from spo.sample.tree import sample_trees
-from spo.seeds import SALT_MC, SALT_SAMPLE, SALT_TRUTH, derive_seed
+from spo.seeds import SALT_TRUTH
 from spo.train.checkpoint import write_text_atomic
+from spo.train.progress import Progress
 
 log = logging.getLogger("spo.credit")
 
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
-SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo")
+SUPPORTED = (*OUTCOME, *CHAIN, "spo_tree", "ppo", "reinforce_pp")
 
 
 @dataclass
@@ -81,7 +77,7 @@ class CreditOptions:
         "spo_tree": ["algorithm.estimator=spo_tree"],
     })
     """Setting label -> `algorithm.*` overrides of `run` (grpo, rloo, reinforce, spo_chain,
-    vineppo, spo_tree, ppo). All settings share the responses, so only `algorithm.*` may
+    vineppo, spo_tree, ppo, reinforce_pp). All settings share the responses, so only `algorithm.*` may
     differ, and for ppo `critic.*` and `iterations=` (how many PPO iterations train its
     critic on training prompts, the policy frozen, before it scores the responses)."""
     prompts: int = 16
@@ -152,28 +148,40 @@ def setting_config(cfg: CreditConfig, label: str) -> RunConfig:
 
 @dataclass
 class Setup:
-    cfg: RunConfig
-    task: Any
-    problems: list
-    tokenizer: Any
-    model: Any
-    engine: Any
-    prompts: list[list[int]]
-    critics: dict = field(default_factory=dict)  # PPO critics trained so far, by their training settings
+    """The frozen policy in training's own `Context`, whose problems are the credit
+    problems (problem index = group id = position)."""
 
-    def params(self, seed: int) -> SamplingParams:
-        s = self.cfg.sampling
-        return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                              top_k=s.top_k, seed=seed, stop=tuple(s.stop))
+    ctx: Context
+    critics: dict = field(default_factory=dict)  # PPO critics trained so far, by `critic_key`
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.ctx.cfg
+
+    @property
+    def model(self) -> Any:
+        return self.ctx.policy
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.ctx.tokenizer
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        return [self.ctx.prompt_ids(p) for p in range(len(self.ctx.problems))]
+
+    def context(self, rc: RunConfig, problems: list | None = None) -> Context:
+        """A context for one setting's algorithm: its config, the same policy and engine."""
+        c = self.ctx
+        return Context(rc, c.engine, c.tokenizer, c.task, c.problems if problems is None else problems, c.policy,
+                       c.dist, c.pad_token_id)
 
     def score(self, problem_indices: list[int], responses: list[list[int]], truncated: list[bool]) -> list[float]:
-        from spo.tasks.scoring import decode_and_score
-
-        return decode_and_score(self.tokenizer, self.task, [self.problems[i] for i in problem_indices],
-                                responses, truncated)[1]
+        return self.ctx.score(problem_indices, responses, truncated)[1]
 
 
 def build_setup(cfg: CreditConfig) -> Setup:
+    from spo.distributed import Dist, make_accelerator
     from spo.sample.factory import build_engine
     from spo.tasks.registry import build_task
     from spo.train.sft import load_model_and_tokenizer
@@ -187,36 +195,52 @@ def build_setup(cfg: CreditConfig) -> Setup:
     model, tokenizer = load_model_and_tokenizer(rc.model, seed=rc.seed)
     model.eval()
     engine = build_engine(rc.sampling, model, tokenizer)
-    t = rc.task
-    prompts = [task.prompt_ids(tokenizer, p, t.prompt_format, t.system_prompt, t.prompt_template) for p in problems]
-    return Setup(rc, task, problems, tokenizer, model, engine, prompts)
+    return Setup(Context(rc, engine, tokenizer, task, problems, model, Dist(make_accelerator()),
+                         tokenizer.pad_token_id))
 
 
 @dataclass
 class Responses:
-    problem: list[int]  # problem index of each response (its group id too)
-    ids: list[list[int]]
-    logprobs: list[list[float]]
-    truncated: list[bool]
-    rewards: list[float]
+    """The shared responses, scored (training's `Response` objects), and views of them."""
+
+    items: list[Response]
+
+    @property
+    def problem(self) -> list[int]:  # problem index of each response (its group id too)
+        return [r.problem_index for r in self.items]
+
+    @property
+    def ids(self) -> list[list[int]]:
+        return [r.response_ids for r in self.items]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [r.reward for r in self.items]
 
     @property
     def tokens(self) -> int:
-        return sum(len(r) for r in self.ids)
+        return sum(len(r.response_ids) for r in self.items)
+
+    def fresh(self) -> list[Response]:
+        """Copies without advantages, for one setting's advantages step to fill."""
+        return [dataclasses.replace(r, advantages=[], loss_mask=[], details=None) for r in self.items]
+
+
+QUIET = Progress(enabled=False, quiet=True)
 
 
 def sample_responses(setup: Setup) -> Responses:
-    g = setup.cfg.sampling.group_size
-    groups = setup.engine.generate(setup.prompts, setup.params(derive_seed(setup.cfg.seed, 0, 0, SALT_SAMPLE)), n=g)
-    flat = [(pi, r) for pi, group in enumerate(groups) for r in group]
-    problem = [pi for pi, _ in flat]
-    ids = [list(r.response_ids) for _, r in flat]
-    truncated = [r.truncated for _, r in flat]
-    return Responses(problem, ids, [list(r.logprobs) for _, r in flat], truncated, setup.score(problem, ids, truncated))
+    """G responses to every credit problem (training's sampling, iteration 0's seed), scored."""
+    ctx = setup.ctx
+    responses = base_sample_responses(ctx, 0, QUIET, prompts=[(p, p) for p in range(len(ctx.problems))])
+    score_responses(ctx, responses)
+    return Responses(responses)
 
 
 # ---------------------------------------------------------------------------------------
-# Estimators: token advantages, segments and what they spent.
+# Estimators: token advantages, segments and what they spent, each computed by the
+# algorithm's own advantages step (`Algorithm.advantages`; SPO-tree: its sampling and
+# tree values) on the shared responses, as training computes them.
 
 @dataclass
 class Estimate:
@@ -231,110 +255,91 @@ class Estimate:
     tree_values: list[list[float]] = field(default_factory=list)
     tree_advantages: list[list[float | None]] = field(default_factory=list)
     tree_rewards: list[list[float | None]] = field(default_factory=list)
+    work: dict[str, int] = field(default_factory=dict)  # the advantages step's extra sampling
+    values: list[list[float]] | None = None  # SPO-chain, VinePPO: V at each boundary, per response
 
 
-def _rows(adv: torch.Tensor, ids: list[list[int]]) -> list[list[float]]:
-    return [adv[i, : len(r)].tolist() for i, r in enumerate(ids)]
-
-
-def _inputs(resp: Responses, **fields: Any) -> EstimatorInputs:
-    width = max(len(r) for r in resp.ids)
-    return EstimatorInputs(rewards=torch.tensor(resp.rewards, dtype=torch.float32),
-                           group_ids=torch.tensor(resp.problem, dtype=torch.long),
-                           response_mask=pad_rows([[1.0] * len(r) for r in resp.ids], width), **fields)
+def describe(rc: RunConfig, algorithm: Any) -> str:
+    """A setting's one-line summary for the table."""
+    a, name = rc.algorithm, rc.algorithm.estimator
+    if name in OUTCOME:
+        return f"G={rc.sampling.group_size}" + ("" if name != "grpo" or a.scale_by_std else ", no std")
+    if name in CHAIN:
+        part = {"cutpoint": f"cutpoints rho={a.rho} interval={a.interval}", "fixed": f"every {a.segment_length} tokens",
+                "step": "steps", "lowest": f"{a.probe_points} lowest-probability cutpoints rho={a.rho}"}[algorithm.rule]
+        return f"N={a.mc_samples}, {part}, V(0)={a.start_value}" + (", group samples" if a.mc_group_samples else "") + (
+            f", adaptive budget {a.mc_budget:g}x min {a.mc_min_samples} stop {a.mc_stop_samples}" if a.mc_allocation == "adaptive" else "")
+    if name == "reinforce_pp":
+        return f"G={rc.sampling.group_size}, returns whitened over the batch"
+    if name == "ppo":
+        return (f"critic after {rc.iterations} it x {rc.sampling.prompts_per_iteration}x{rc.sampling.group_size}, "
+                f"lr {rc.critic.lr:g}, lambda {rc.critic.lam:g}")
+    return f"tree {a.tree_branching}, M={a.segment_length}" + (", sibling std" if a.sibling_std else "")
 
 
 def run_estimator(setup: Setup, rc: RunConfig, label: str, index: int, resp: Responses) -> Estimate:
-    a, name = rc.algorithm, rc.algorithm.estimator
-    if name in OUTCOME:
-        options = {"scale_by_std": a.scale_by_std} if name == "grpo" else {}
-        adv = get_estimator(name)(_inputs(resp), **options)
-        settings = f"G={rc.sampling.group_size}" + ("" if name != "grpo" or a.scale_by_std else ", no std")
-        return Estimate(label, name, settings, len(resp.ids), resp.tokens, _rows(adv, resp.ids),
-                        [[0, len(r)] for r in resp.ids])
-    if name in CHAIN:
-        rule = "step" if name == "vineppo" else a.partition
-        bounds = []
-        for ids, lps in zip(resp.ids, resp.logprobs):
-            texts = setup.tokenizer.batch_decode([[t] for t in ids]) if rule == "step" else None
-            bounds.append(partition_response(lps, rule=rule, rho=a.rho, interval=a.interval,
-                                             segment_length=a.segment_length, max_segments=a.max_segments,
-                                             token_texts=texts, delimiter=a.step_delimiter)[0])
-
-        def score(i: int, ids: list[int], truncated: bool) -> float:
-            return setup.score([resp.problem[i]], [ids], [truncated])[0]
-
-        chain = estimate_chain_values(
-            setup.engine, [setup.prompts[p] for p in resp.problem], resp.ids, resp.rewards, resp.problem, bounds,
-            score, num_samples=a.mc_samples, params=setup.params(derive_seed(rc.seed, index, 0, SALT_MC)),
-            start_value=a.start_value)
-        adv = spo_chain(_inputs(resp, boundaries=bounds, values=[torch.tensor(v) for v in chain.values]))
-        part = {"cutpoint": f"cutpoints rho={a.rho} interval={a.interval}", "fixed": f"every {a.segment_length} tokens",
-                "step": "steps"}[rule]
-        settings = f"N={a.mc_samples}, {part}, V(0)={a.start_value}"
-        return Estimate(label, name, settings, len(resp.ids) + chain.states * a.mc_samples,
-                        resp.tokens + chain.continuation_tokens, _rows(adv, resp.ids), bounds)
+    """One setting's advantages on the shared responses; `index` is the iteration whose
+    seeds its own sampling uses (MC continuations, trees)."""
+    name = rc.algorithm.estimator
+    if name == "spo_tree":
+        return run_tree(setup, rc, label, index)
+    spent_samples = spent_tokens = 0
     if name == "ppo":
-        return run_ppo(setup, rc, label, resp)
-    # spo_tree
-    trees = sample_trees(setup.engine, setup.prompts, setup.params(derive_seed(rc.seed, index, 0, SALT_SAMPLE)),
-                         a.tree_branching, a.segment_length)
-    est = Estimate(label, name, f"tree {a.tree_branching}, M={a.segment_length}" + (", sibling std" if a.sibling_std else ""),
-                   sum(len(t.nodes) - 1 for t in trees), sum(t.generated_tokens for t in trees), trees=trees)
+        algorithm, spent_samples, spent_tokens = trained_critic(setup, rc)
+    else:
+        algorithm = algorithm_class(name)(setup.context(rc))
+    responses = resp.fresh()
+    work = algorithm.advantages(responses, index, QUIET, Timer())
+    boundaries = [list(r.details.boundaries) if name in CHAIN else [0, len(r.response_ids)] for r in responses]
+    return Estimate(label, name, describe(rc, algorithm),
+                    len(responses) + work.get("mc_continuations", 0) + spent_samples,
+                    resp.tokens + work.get("mc_tokens", 0) + spent_tokens,
+                    [list(r.advantages) for r in responses], boundaries, work=work,
+                    values=[list(r.details.values) for r in responses] if name in CHAIN else None)
+
+
+def run_tree(setup: Setup, rc: RunConfig, label: str, index: int) -> Estimate:
+    """SPO-tree samples its own trees (one per credit problem) and values them."""
+    from spo.algorithms.spo_tree import SPOTree
+
+    tree_algorithm = SPOTree(setup.context(rc))
+    trees = tree_algorithm.sample([(p, p) for p in range(len(setup.ctx.problems))], index, QUIET)
+    est = Estimate(label, "spo_tree", describe(rc, tree_algorithm), sum(len(t.nodes) - 1 for t in trees),
+                   sum(t.generated_tokens for t in trees), trees=trees)
     for pi, tree in enumerate(trees):
-        leaves = tree.leaves()
-        scores = setup.score([pi] * len(leaves), [tree.prefix(n.id) for n in leaves], [n.truncated for n in leaves])
-        rewards: list[float | None] = [None] * len(tree.nodes)
-        for n, r in zip(leaves, scores):
-            rewards[n.id] = r
-        parents = [n.parent for n in tree.nodes]
-        values = node_values(parents, rewards)
+        rewards = tree_algorithm.leaf_rewards(tree, pi)
+        values, advantages = tree_algorithm.tree_values(tree, rewards)
         est.tree_rewards.append(rewards)
         est.tree_values.append(values)
-        est.tree_advantages.append(edge_advantages(parents, values, sibling_std=a.sibling_std))
+        est.tree_advantages.append(advantages)
     return est
 
 
-def run_ppo(setup: Setup, rc: RunConfig, label: str, resp: Responses) -> Estimate:
-    """PPO's advantages A_t (GAE over its critic's values) after its critic is trained the
-    way PPO trains it (`PPO.collect`: G responses to `sampling.prompts_per_iteration`
-    training prompts per iteration, values, GAE, clipped value regression) for
-    `iterations` iterations, the policy frozen (a best case for the critic: in training it
-    chases a moving policy). GAE's gamma and lambda shape the critic's returns, so a
-    setting's critic is trained with its own. Spent: those samples plus the shared
-    responses."""
-    from spo.algorithms.base import Context, Response
-    from spo.algorithms.ppo import PPO
-    from spo.distributed import Dist, make_accelerator
-    from spo.estimate.gae import gae_advantages
-    from spo.train.progress import Progress
+def critic_key(rc: RunConfig) -> str:
+    """Settings that would train the same critic share it."""
+    return json.dumps([rc.iterations, rc.seed, to_dict(rc.critic), to_dict(rc.algorithm),
+                       rc.sampling.prompts_per_iteration, rc.task.train_limit], sort_keys=True, default=str)
 
-    c, a = rc.critic, rc.algorithm
-    key = json.dumps([rc.iterations, rc.seed, to_dict(c), to_dict(a), rc.sampling.prompts_per_iteration,
-                      rc.task.train_limit], sort_keys=True, default=str)
-    if key not in setup.critics:  # settings that train the same critic share it
-        train = setup.task.problems("train", rc.task.train_limit)
-        ctx = Context(rc, setup.engine, setup.tokenizer, setup.task, train, setup.model, Dist(make_accelerator()),
-                      setup.tokenizer.pad_token_id)
-        ppo = PPO(ctx)
-        progress = Progress(enabled=False, quiet=True)
+
+def trained_critic(setup: Setup, rc: RunConfig) -> tuple[Any, int, int]:
+    """(PPO, samples, tokens it spent): PPO with its critic trained the way PPO trains it
+    (`PPO.collect`: G responses to `sampling.prompts_per_iteration` training prompts per
+    iteration, values, GAE, clipped value regression) for `iterations` iterations, the
+    policy frozen (a best case for the critic: in training it chases a moving policy).
+    GAE's gamma and lambda shape the critic's returns, so a setting's critic is trained
+    with its own."""
+    from spo.algorithms.ppo import PPO
+
+    key = critic_key(rc)
+    if key not in setup.critics:
+        ppo = PPO(setup.context(rc, setup.ctx.task.problems("train", rc.task.train_limit)))
         samples = tokens = 0
         for iteration in range(rc.iterations):
-            batch = ppo.collect(iteration, progress)
+            batch = ppo.collect(iteration, QUIET)
             samples += batch.sequences_generated
             tokens += batch.tokens_generated
         setup.critics[key] = (ppo, samples, tokens)
-    ppo, samples, tokens = setup.critics[key]
-    responses = [Response(problem_index=p, group_id=p, prompt_ids=setup.prompts[p], response_ids=ids, logprobs=lp,
-                          finish_reason="length" if cut else "eos", reward=r)
-                 for p, ids, lp, cut, r in zip(resp.problem, resp.ids, resp.logprobs, resp.truncated, resp.rewards)]
-    inputs = _inputs(resp)
-    adv, _ = gae_advantages(inputs.rewards, ppo.values(responses), inputs.response_mask, gamma=rc.critic.gamma,
-                            lam=rc.critic.lam)
-    settings = (f"critic after {rc.iterations} it x {rc.sampling.prompts_per_iteration}x{rc.sampling.group_size}, "
-                f"lr {rc.critic.lr:g}, lambda {rc.critic.lam:g}")
-    return Estimate(label, "ppo", settings, len(resp.ids) + samples, resp.tokens + tokens, _rows(adv, resp.ids),
-                    [[0, len(r)] for r in resp.ids])
+    return setup.critics[key]
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,9 +421,9 @@ def ground_truth(setup: Setup, opts: CreditOptions, states: list[State]) -> Grou
             return setup.score([missing[i][0] for i in owners], [list(missing[i][1]) + c for i, c in zip(owners, conts)],
                                truncated)
 
-        prefix_values(setup.engine, [setup.prompts[p] + list(prefix) for p, prefix in missing],
+        prefix_values(setup.ctx.engine, [setup.prompts[p] + list(prefix) for p, prefix in missing],
                       [budget - len(prefix) for _, prefix in missing], score, num_samples=opts.ground_truth_samples,
-                      params=setup.params(derive_seed(setup.cfg.seed, 0, 0, SALT_TRUTH)), chunk_size=opts.chunk_size,
+                      params=setup.ctx.sampling_params(0, SALT_TRUTH), chunk_size=opts.chunk_size,
                       on_chunk=on_chunk)
     return GroundTruth(values, len(states), len(missing), len(missing) * opts.ground_truth_samples, done["tokens"],
                        time.perf_counter() - t0, str(path) if opts.cache else None)
@@ -479,6 +484,10 @@ class Row:
     samples_per_prompt: float
     token: CreditMetrics | None  # token level (units of `stride` tokens)
     segment: CreditMetrics  # its own segments (outcome: the whole response) or tree edges
+    continuations: int = 0  # MC continuations drawn (SPO-chain, VinePPO)
+    value_mse: float | None = None  # MC methods: mean (V - V*)^2 over their interior boundaries
+    value_bias: float | None = None  # mean V - V* there
+    values: int = 0  # how many values those are
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -530,7 +539,16 @@ def score_estimate(e: Estimate, gt: GroundTruth, resp: Responses, opts: CreditOp
                 true.append(vc - vp)
                 se.append(math.sqrt(sc * sc + sp * sp))
         segment = credit_metrics([est], [true], [se], z=opts.z)
-    return Row(e.label, e.estimator, e.settings, e.samples, e.tokens, e.samples / prompts, token, segment)
+    row = Row(e.label, e.estimator, e.settings, e.samples, e.tokens, e.samples / prompts, token, segment,
+              continuations=e.work.get("mc_continuations", 0))
+    if e.values is not None:  # each MC value against V* at its state
+        errors = [v[k] - _v(gt, resp, i, b[k])[0]
+                  for i, (b, v) in enumerate(zip(e.boundaries, e.values)) for k in range(1, len(b) - 1)]
+        if errors:
+            row.value_mse = sum(x * x for x in errors) / len(errors)
+            row.value_bias = sum(errors) / len(errors)
+            row.values = len(errors)
+    return row
 
 
 # ---------------------------------------------------------------------------------------
@@ -603,19 +621,23 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"(accuracy {result['accuracy']:.3f}, {result['wrong_responses']} wrong), {result['response_tokens']} "
             f"response tokens. Ground truth: K = {gt['k']} continuations at {gt['states']} states (stride {gt['stride']}; "
             f"{gt['states_sampled_now']} sampled now, {gt['seconds']:.0f} s). Wall time {result['seconds']['wall']:.0f} s.\n\n")
-    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "token r", "token r ceiling", "token sign", "token MSE",
+    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "continuations", "value MSE (bias)", "token r", "token r ceiling", "token sign", "token MSE",
             "blame hit", "blame chance", "blame covers (share)", "segment r", "segment sign", "segment MSE", "segments")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         t, s = r["token"] or {}, r["segment"]
         lines.append("| " + " | ".join([
             r["label"], r["estimator"], r["settings"], f"{r['samples_per_prompt']:.1f}", f"{r['tokens']:,}",
+            f"{r.get('continuations', 0):,}",
+            "-" if r.get("value_mse") is None else f"{r['value_mse']:.4f} ({r['value_bias']:+.4f})",
             _f(t.get("pearson")), _f(t.get("ceiling")), _f(t.get("sign_agreement")), _f(t.get("mse"), 4),
             _f(t.get("blame_hit")) + (f" ({t['blame_responses']})" if t else ""), _f(t.get("blame_chance")),
             _f(t.get("blame_covers"), 2) + (f" ({_f(t.get('blame_share'), 2)})" if t else ""),
             _f(s["pearson"]), _f(s["sign_agreement"]), _f(s["mse"], 4), str(s["units"]),
         ]) + " |")
-    notes = ("\n\ntoken r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
+    notes = ("\n\ncontinuations: MC continuations drawn for the values (SPO-chain, VinePPO); value MSE (bias): "
+             "their values V(t_k) at interior boundaries against V*(t_k), mean squared error and mean error. "
+             "token r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
              "(ceiling: the r that exact advantages would reach against this noisy A*) "
              "(sign: tokens with |A*| > z SE, a 0 estimate counting 1/2); blame hit: share of wrong responses (with a "
              "clear drop; their count in brackets) whose most negative advantage is on the token where V* drops most, "

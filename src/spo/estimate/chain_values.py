@@ -20,10 +20,11 @@ This module does no I/O and imports no engine: it takes any object with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, Sequence
 
-from spo.sample.engine import RolloutEngine, SamplingParams
+from spo.estimate.mc_allocation import Allocator, fixed_allocation
+from spo.sample.engine import Rollout, RolloutEngine, SamplingParams
 
 ScoreFn = Callable[[int, list[int], bool], float]
 """score(episode_index, full_response_ids, truncated) -> reward of that response."""
@@ -35,6 +36,16 @@ class ChainValues:
     value_samples: list[list[int]]  # per episode, how many samples each V averaged (end: 0)
     states: int  # distinct states estimated by MC
     continuation_tokens: int  # tokens generated for the estimates
+    continuations: int = 0  # continuations sampled (fixed rule without group samples: states x N)
+    group_samples: list[list[int]] | None = None
+    """With `group_samples`: per episode, how many of each V's samples are the group's own
+    responses (the rest are fresh continuations)."""
+    engine_calls: int = 0
+    states_free: int = 0  # states whose every sample came from the group
+    free_samples: int = 0  # group samples per state (each episode of a state: matching - 1), summed over states
+    draws: list[tuple[int, int, Rollout, float]] | None = None
+    """With `keep_draws`: every fresh continuation as (episode, t, rollout, reward): the state
+    (episode's prompt + its first t tokens) it continues and the reward it scored."""
 
 
 def group_mean_rewards(rewards: Sequence[float], group_ids: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -45,6 +56,21 @@ def group_mean_rewards(rewards: Sequence[float], group_ids: Sequence[int]) -> tu
         sums[g] = sums.get(g, 0.0) + float(r)
         counts[g] = counts.get(g, 0) + 1
     return [sums[g] / counts[g] for g in group_ids], [counts[g] for g in group_ids]
+
+
+def matching_responses(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]],
+                       states: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Per state (owner episode i, prefix length t): every episode j with the same prompt
+    whose first t response tokens equal episode i's (exact token comparison; i included)."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for j, p in enumerate(prompt_ids):
+        by_prompt.setdefault(tuple(p), []).append(j)
+    out = []
+    for i, t in states:
+        prefix = list(response_ids[i][:t])
+        out.append([j for j in by_prompt[tuple(prompt_ids[i])]
+                    if len(response_ids[j]) >= t and list(response_ids[j][:t]) == prefix])
+    return out
 
 
 def estimate_chain_values(
@@ -59,11 +85,25 @@ def estimate_chain_values(
     num_samples: int,
     params: SamplingParams,
     start_value: Literal["group_mean", "mc"] = "group_mean",
+    group_samples: bool = False,
+    allocate: Allocator | None = None,
+    keep_draws: bool = False,
 ) -> ChainValues:
     """V at every boundary of every response; see the module docstring.
 
     `params.max_new_tokens` is the full response budget; each state's continuations get
-    `params.max_new_tokens - t`."""
+    `params.max_new_tokens - t`.
+
+    group_samples: a response j with the same prompt whose first t tokens equal a state's
+    prefix is an on-policy sample from that state: its reward counts in V, and only the
+    continuations still needed are sampled. A state's own episode is never one of its
+    samples (the cutpoint rule places its boundary by the episode's next token, so that
+    episode's reward is not a fair draw from the state); the value of a state shared by
+    several episodes is therefore per episode: the fresh continuations plus every other
+    matching response.
+
+    allocate: who gets how many fresh continuations, in rounds (spo.estimate.mc_allocation;
+    default: N per state, less its group samples, in one round)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if start_value not in ("group_mean", "mc"):
@@ -92,36 +132,77 @@ def estimate_chain_values(
             row.append(state_index[key])
         needs.append(row)
 
-    # 2. One engine call for all states; each continues within the remaining budget.
-    mc_values: list[float] = []
-    tokens = 0
-    if states:
-        contexts = [list(prompt_ids[i]) + list(response_ids[i][:t]) for i, t in states]
-        budgets = [max(params.max_new_tokens - t, 0) for _, t in states]
-        rollouts = engine.generate(contexts, params, n=num_samples, max_new_tokens=budgets)
-        for (i, t), group, budget in zip(states, rollouts, budgets):
-            prefix = list(response_ids[i][:t])
-            total = 0.0
-            for r in group:
-                tokens += len(r.response_ids)
-                total += score(i, prefix + list(r.response_ids), r.truncated or budget == 0)
-            mc_values.append(total / len(group))
+    # 2. Group samples: the matching responses of each state; each of its episodes gets
+    # all but itself, so a state has (matching - 1) free samples for every episode.
+    matching = matching_responses(prompt_ids, response_ids, states) if group_samples else [[] for _ in states]
+    free = [max(len(m) - 1, 0) for m in matching]
 
-    # 3. Assemble V(t_0..t_K) per episode.
-    start, group_size = group_mean_rewards(rewards, group_ids)
-    values, samples = [], []
-    for i, (b, row) in enumerate(zip(boundaries, needs)):
-        v, s = [], []
+    # 3. Fresh continuations, in rounds; each round's states go to the engine in one call
+    # per distinct count (one call in all for the fixed rule without group samples).
+    allocate = allocate or fixed_allocation(num_samples)
+    drawn: list[list[float]] = [[] for _ in states]
+    # the allocator sees each state's samples as its first episode does, and how many
+    # advantages its value enters (per episode: the segments before and after it; V(t_0) one)
+    group_rewards = [[float(rewards[j]) for j in m if j != states[s][0]] for s, m in enumerate(matching)]
+    uses = [0] * len(states)
+    for row in needs:
         for k, sid in enumerate(row):
             if sid is not None:
-                v.append(mc_values[sid])
-                s.append(num_samples)
+                uses[sid] += 1 if k == 0 else 2
+    tokens = calls = 0
+    draws: list[tuple[int, int, Rollout, float]] = []
+    round_index = 0
+    while states:
+        pools = [g + d for g, d in zip(group_rewards, drawn)]
+        request = {s: n for s, n in allocate(free, pools, uses, round_index).items() if n > 0}
+        if not request:
+            break
+        for n in sorted(set(request.values()), reverse=True):
+            ids = [s for s in sorted(request) if request[s] == n]
+            contexts = [list(prompt_ids[states[s][0]]) + list(response_ids[states[s][0]][: states[s][1]])
+                        for s in ids]
+            budgets = [max(params.max_new_tokens - states[s][1], 0) for s in ids]
+            # each later call: the seed shifted by 2^40 per call, a stream of its own
+            call_params = params if calls == 0 or params.seed is None else replace(
+                params, seed=(params.seed + calls * 2**40) % 2**62)
+            rollouts = engine.generate(contexts, call_params, n=n, max_new_tokens=budgets)
+            calls += 1
+            for s, group, budget in zip(ids, rollouts, budgets):
+                i, t = states[s]
+                prefix = list(response_ids[i][:t])
+                for r in group:
+                    tokens += len(r.response_ids)
+                    drawn[s].append(score(i, prefix + list(r.response_ids), r.truncated or budget == 0))
+                    if keep_draws:
+                        draws.append((i, t, r, drawn[s][-1]))
+        round_index += 1
+
+    # 4. Assemble V(t_0..t_K) per episode.
+    start, group_size = group_mean_rewards(rewards, group_ids)
+    values, samples, from_group = [], [], []
+    for i, (b, row) in enumerate(zip(boundaries, needs)):
+        v, n_all, n_group = [], [], []
+        for k, sid in enumerate(row):
+            if sid is not None:
+                own = [float(rewards[j]) for j in matching[sid] if j != i]
+                pool = drawn[sid] + own
+                if not pool:
+                    raise ValueError(f"episode {i}: no sample for the state at token {b[k]} (the allocation gave it none)")
+                v.append(sum(pool) / len(pool))
+                n_all.append(len(pool))
+                n_group.append(len(own))
             elif k == len(b) - 1:
                 v.append(float(rewards[i]))
-                s.append(0)
+                n_all.append(0)
+                n_group.append(0)
             else:  # k == 0 with start_value == "group_mean"
                 v.append(start[i])
-                s.append(group_size[i])
+                n_all.append(group_size[i])
+                n_group.append(group_size[i])
         values.append(v)
-        samples.append(s)
-    return ChainValues(values, samples, len(states), tokens)
+        samples.append(n_all)
+        from_group.append(n_group)
+    return ChainValues(values, samples, len(states), tokens, continuations=sum(len(d) for d in drawn),
+                       group_samples=from_group if group_samples else None, engine_calls=calls,
+                       states_free=sum(not d for d in drawn), free_samples=sum(free),
+                       draws=draws if keep_draws else None)

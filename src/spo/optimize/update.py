@@ -150,7 +150,10 @@ class PolicyUpdate:
         stats = _RunningMeans()
         # Every process takes the same number of optimizer steps (DDP all-reduces once per
         # step), set by the global sample count; its local samples are split evenly into them.
-        steps = math.ceil(n_global / a.mini_batch_size)
+        # Never more steps than the lr schedule planned (`steps_per_iteration`, from the
+        # algorithm's most samples): extra samples (SPO-chain's recycled continuations)
+        # make the mini-batches larger instead of running the schedule ahead.
+        steps = min(math.ceil(n_global / a.mini_batch_size), max(self.steps_per_iteration // a.epochs, 1))
         minibatches = []
         for epoch in range(a.epochs):
             order = list(range(n))

@@ -124,6 +124,19 @@ def delimiter_boundaries(token_texts: Sequence[str], delimiter: str = "\n",
     return [0, *inner, length]
 
 
+def lowest_probability_boundaries(logprobs: Sequence[float], cuts: Sequence[int], probe_points: int) -> list[int]:
+    """Boundaries just before the `probe_points` cutpoints of lowest probability (ties:
+    the earlier token first); a cutpoint at token 0 is t_0 itself and not counted. Where
+    the policy was least sure is where a value estimate says most about the token."""
+    length = len(logprobs)
+    if length < 1:
+        raise ValueError(f"a response needs at least one token, got length {length}")
+    if probe_points < 1:
+        raise ValueError(f"probe_points must be >= 1, got {probe_points}")
+    inner = sorted(sorted((c for c in cuts if c > 0), key=lambda c: (logprobs[c], c))[:probe_points])
+    return [0, *inner, length]
+
+
 def partition_response(
     logprobs: Sequence[float],
     *,
@@ -134,10 +147,12 @@ def partition_response(
     max_segments: int | None = None,
     token_texts: Sequence[str] | None = None,
     delimiter: str = "\n",
+    probe_points: int = 4,
 ) -> tuple[list[int], list[int]]:
     """(boundaries, cutpoints) of one response of len(logprobs) tokens under `rule`:
-    "cutpoint" (`cutpoint_boundaries`), "fixed" (`fixed_boundaries`) or "step"
-    (`delimiter_boundaries` on `token_texts`, each response token's text). The cutpoints
+    "cutpoint" (`cutpoint_boundaries`), "fixed" (`fixed_boundaries`), "step"
+    (`delimiter_boundaries` on `token_texts`, each response token's text) or "lowest"
+    (`lowest_probability_boundaries`, up to `probe_points`). The cutpoints
     (tokens with probability below rho) are returned either way, for the episode log."""
     cuts = cutpoints_from_logprobs(logprobs, rho)
     if rule == "fixed":
@@ -146,6 +161,8 @@ def partition_response(
         if token_texts is None or len(token_texts) != len(logprobs):
             raise ValueError("the step rule needs the text of every response token")
         return delimiter_boundaries(token_texts, delimiter, max_segments), cuts
+    if rule == "lowest":
+        return lowest_probability_boundaries(logprobs, cuts, probe_points), cuts
     if rule != "cutpoint":
-        raise ValueError(f"unknown partition rule {rule!r}; known: cutpoint, fixed, step")
+        raise ValueError(f"unknown partition rule {rule!r}; known: cutpoint, fixed, step, lowest")
     return cutpoint_boundaries(cuts, len(logprobs), interval, max_segments), cuts
