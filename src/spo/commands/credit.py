@@ -27,6 +27,11 @@ Steps, all on the frozen policy `run.model`:
                  advantage of a token against A*_t) and segment level (its own segments
                  or tree edges against V*(end) - V*(start));
   5. report      OUT/credit.md, OUT/credit.json, OUT/credit_vs_samples.png.
+
+Why one ~700-line module: the study's five steps share its dataclasses (Setup, Responses,
+Estimate, GroundTruth, Row) and nothing else uses them; what others use lives elsewhere
+(the pure metrics in spo.evaluate.credit, ground-truth values in spo.evaluate.ground_truth,
+every advantage in the algorithms).
 """
 
 from __future__ import annotations
