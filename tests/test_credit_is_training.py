@@ -12,7 +12,7 @@ import torch
 from spo.algorithms.base import Context, Response
 from spo.algorithms.registry import algorithm_class
 from spo.config import build_config
-from spo.credit import Responses, Setup, critic_key, run_estimator
+from spo.commands.credit import Responses, Setup, critic_key, run_estimator
 from spo.distributed import Dist, make_accelerator
 from spo.sample.hf_engine import HFEngine
 from spo.tasks.registry import build_task
