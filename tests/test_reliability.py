@@ -266,3 +266,70 @@ def test_the_grader_worker_runs_under_a_memory_cap(monkeypatch):
         assert grader.math_answers_equal("0.5", "\\frac{1}{2}", timeout_s=5) is True  # grading goes on
     finally:
         worker.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Rough edges: what a new user runs into first.
+
+def test_output_dir_on_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert run_train(out) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("resume_flag", [[], ["--resume", "auto"]])
+def test_a_failed_start_removes_the_folder_it_created(tmp_path, resume_flag):
+    out = tmp_path / "new" / "run"
+    assert run_train(out, "model.name_or_path=./no-such-model", *resume_flag) == 2
+    assert not (tmp_path / "new").exists()  # and the parent it created
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)  # a folder the user made: only spo's lock file goes
+    assert run_train(kept, "model.name_or_path=./no-such-model", *resume_flag) == 2
+    assert [p.name for p in kept.iterdir()] == ["notes"]
+
+
+def test_eval_inspect_plot_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("x")
+    for argv, expected in [(["eval", str(tmp_path / "other")], "neither a run folder"),
+                           (["inspect", str(tmp_path / "other")], "not a run folder"),
+                           (["plot", str(tmp_path / "other")], "not a run folder"),
+                           (["inspect", str(tmp_path / "missing")], "no such folder"),
+                           (["plot", str(tmp_path / "missing")], "no such folder")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    import huggingface_hub.constants as hub
+
+    from spo import models
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    models._hub_reachable.cache_clear()
+    t0 = time.perf_counter()
+    with pytest.raises(models.ModelNotFoundError, match="cannot be reached.*--local-dir"):
+        models.load_tokenizer("nobody-xyz/no-model")
+    assert time.perf_counter() - t0 < 5
+    # in the cache: its snapshot folder, read without the network
+    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc123")
+    assert models.resolve_model_path("org/cached") == str(snapshot)
+    # with the hub reachable, a hub id goes to from_pretrained unchanged (users with the hub)
+    monkeypatch.setattr(models, "_hub_reachable", lambda endpoint: True)
+    assert models.resolve_model_path("org/other") == "org/other"

@@ -76,6 +76,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model_path = args.model
     run_cfg = None
+    folder = Path(args.model)
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json")):
+        raise ConfigError(f"{folder}: neither a run folder (no config.yaml) nor a model folder (no config.json); "
+                          "give a run folder, a Hugging Face model folder, a hub id or an alias")
     if Path(args.model, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
         ck = latest_checkpoint(args.model)
         if ck is None:
