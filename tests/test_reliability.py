@@ -333,3 +333,55 @@ def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
     # with the hub reachable, a hub id goes to from_pretrained unchanged (users with the hub)
     monkeypatch.setattr(models, "_hub_reachable", lambda endpoint: True)
     assert models.resolve_model_path("org/other") == "org/other"
+
+
+# ---------------------------------------------------------------------------------------
+# Durability: fsync before the manifest, and a simulated power loss.
+
+def test_every_file_is_on_the_disk_before_the_manifest_and_the_rename_after(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    staged = ckpt.staging_dir(root, 1)
+    (staged / "model").mkdir()
+    (staged / "model" / "model.safetensors").write_bytes(b"w" * 10)
+    ckpt.write_state(staged, {"iteration": 1})
+    synced, events = [], []
+    real = ckpt.fsync_path
+
+    def record(path):
+        path = Path(path)
+        if path.is_file() and path.name != ckpt.MANIFEST:  # data first: no manifest may vouch for it yet
+            assert not (path.parent / ckpt.MANIFEST).exists() and not (staged / ckpt.MANIFEST).exists(), path
+        if path == root:
+            events.append(("root", (root / "iter_000001").is_dir()))
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(ckpt, "fsync_path", record)
+    final = ckpt.commit_checkpoint(root, staged, 1, keep=2)
+    names = {p.relative_to(staged).as_posix() for p in synced if staged in p.parents}
+    assert {"model/model.safetensors", ckpt.STATE_FILE, "model", ckpt.MANIFEST} <= names
+    assert staged in synced  # the folder's own entries
+    assert ("root", True) in events  # the rename into place, flushed
+    assert (root / ckpt.LATEST).read_text().strip() == final.name and synced.count(root) == 2  # and `latest`
+
+
+@pytest.mark.parametrize("loss", ["zeroed", "truncated", "manifest zeroed"])
+def test_a_power_loss_during_the_last_checkpoint_falls_back_and_resumes_equal(finished, tmp_path, loss):
+    run = copy_run(finished, tmp_path / "run")
+    last, previous = run / "checkpoints" / "iter_000003", run / "checkpoints" / "iter_000002"
+    # What a power loss leaves of writes that had not reached the disk: the new checkpoint's
+    # files with their sizes but zeros (ext4's delayed allocation), or cut short; and the
+    # tail of metrics.jsonl written after the previous checkpoint, zeroed.
+    targets = [last / ckpt.MANIFEST] if loss == "manifest zeroed" else [
+        last / "model" / "model.safetensors", last / "optimizer.pt", last / ckpt.STATE_FILE]
+    for f in targets:
+        size = f.stat().st_size
+        f.write_bytes(b"" if loss == "truncated" else b"\0" * size)
+    kept = ckpt.read_state(previous)["metrics_bytes"]
+    metrics = run / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[:kept] + b"\0" * (len(data) - kept))
+    assert ckpt.latest_checkpoint(run) == previous
+    assert resume(run, "iterations=3", "keep_checkpoints=5") == 0
+    assert (run / "checkpoints" / "damaged-iter_000003").is_dir()
+    same_run(finished, run)
