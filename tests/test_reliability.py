@@ -385,3 +385,57 @@ def test_a_power_loss_during_the_last_checkpoint_falls_back_and_resumes_equal(fi
     assert resume(run, "iterations=3", "keep_checkpoints=5") == 0
     assert (run / "checkpoints" / "damaged-iter_000003").is_dir()
     same_run(finished, run)
+
+
+# ---------------------------------------------------------------------------------------
+# Resume that notices a changed config.
+
+def test_resume_with_a_results_changing_config_is_refused_unless_allowed(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    ckpt.latest_checkpoint(run)
+    shutil.rmtree(run / "checkpoints" / "iter_000003")  # as if killed after iteration 2
+    before = (run / "metrics.jsonl").read_bytes()
+    assert resume(run, "iterations=3", "keep_checkpoints=5", "algorithm.kl_coef=0.05", "seed=1") == 2
+    err = capsys.readouterr().err
+    assert "algorithm.kl_coef: 0.01 in the run, 0.05 now" in err and "seed: 0 in the run, 1 now" in err
+    assert "--allow-config-change" in err and "Traceback" not in err
+    assert (run / "metrics.jsonl").read_bytes() == before and not (run / "config_changes.jsonl").exists()
+    assert main(["train", "--resume", str(run), "optim.lr=1e-3"]) == 2  # `--resume RUN overrides` too
+    assert "optim.lr" in capsys.readouterr().err
+    assert resume(run, "iterations=3", "keep_checkpoints=5", "algorithm.kl_coef=0.05", "--allow-config-change") == 0
+    line = json.loads((run / "config_changes.jsonl").read_text())
+    assert line["changes"] == {"algorithm.kl_coef": {"run": 0.01, "now": 0.05}}
+    assert line["allowed"] == "--allow-config-change (algorithm.kl_coef)" and line["resumed_from_iteration"] == 2
+    assert "kl_coef: 0.05" in (run / "config.yaml").read_text()
+
+
+def test_resume_with_harmless_changes_continues_and_records_them(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    assert main(["train", "--resume", str(run), "iterations=4", "eval.every=1"]) == 0
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    line = json.loads((run / "config_changes.jsonl").read_text())
+    assert line["allowed"] == "harmless" and set(line["changes"]) == {"iterations", "eval.every"}
+    assert main(["train", "--resume", str(run)]) == 0  # config.yaml now says 4: nothing left to train
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3, 4]
+
+
+def test_iterations_change_results_when_the_lr_schedule_spans_the_run():
+    from spo.config import build_config
+    from spo.train.resume_check import config_changes, results_changing
+
+    for schedule, warmup, changing in [("constant", 0.0, []), ("linear", 0.0, ["iterations"]),
+                                       ("constant", 0.1, ["iterations"])]:
+        saved = build_config({"optim": {"schedule": schedule, "warmup_ratio": warmup}})
+        longer = build_config({"optim": {"schedule": schedule, "warmup_ratio": warmup}, "iterations": 20})
+        assert results_changing(config_changes(saved, longer), saved) == changing
+
+
+def test_evaluation_options_are_harmless_they_do_not_change_training(finished, tmp_path):
+    out = tmp_path / "evals"
+    assert run_train(out, "iterations=3", "keep_checkpoints=5", "eval.every=1", "eval.samples=2",
+                     "eval.temperature=1.0", "task.eval_limit=2", "eval.at_start=true") == 0
+    assert_same_metrics(read_metrics(finished), read_metrics(out))  # the training lines
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(str(ckpt.latest_checkpoint(r) / "model" / "model.safetensors")) for r in (finished, out))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config(args.config or DEFAULT_PRESET, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
-    run_dir = train(cfg, resume_dir=args.resume)
+    run_dir = train(cfg, resume_dir=args.resume, allow_config_change=args.allow_config_change)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR|auto",
                    help="continue a run from its newest good checkpoint; `auto`: continue --output-dir when it has "
                         "one, else start it (the same command can be repeated after a crash)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even when the command's config differs from the run's in what changes results "
+                        "(refused otherwise; the change is recorded in RUN/config_changes.jsonl)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (see `spo options`)")
     p.set_defaults(func=cmd_train)
 

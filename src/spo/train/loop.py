@@ -42,6 +42,7 @@ from spo.tasks.registry import build_task
 from spo.train import checkpoint as ckpt
 from spo.train.progress import Progress
 from spo.train.run_dir import prepare_run_dir, run_folder
+from spo.train.resume_check import check_resume_config, record_config_changes
 from spo.train.run_log import RunLog, metrics_at_checkpoint
 from spo.train.sft import resolve_model_name
 
@@ -233,9 +234,15 @@ class Trainer:
         log.info("resumed from %s (iteration %d)", path, done)
 
 
-def train(cfg: RunConfig, resume_dir: str | None = None) -> Path:
+def train(cfg: RunConfig, resume_dir: str | None = None, allow_config_change: bool = False) -> Path:
     """Run or resume training; returns the run folder. `resume_dir`: None (a new run in
     cfg.output_dir), a run folder to continue, or "auto" (continue cfg.output_dir when it has
-    a checkpoint, else start it); see spo.train.run_dir."""
+    a checkpoint, else start it); see spo.train.run_dir. A resume whose config differs from
+    the run's in what changes results is refused unless `allow_config_change`
+    (spo.train.resume_check)."""
     with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming):
-        return Trainer(cfg, run_dir, resume=resuming).train()
+        changes = check_resume_config(run_dir, cfg, allow_config_change) if resuming else {}
+        trainer = Trainer(cfg, run_dir, resume=resuming)
+        if trainer.dist.is_main:
+            record_config_changes(run_dir, cfg, changes, trainer.start_iteration)
+        return trainer.train()
