@@ -31,7 +31,8 @@ from spo.inspect import add_inspect_commands
 from spo.presets import DEFAULT_PRESET, PRESETS_DIR, resolve_preset
 from spo.tasks.problems import DataError
 from spo.tasks.prompts import PromptFormatError
-from spo.train.faults import DiskFullError
+from spo.train.faults import DiskFullError, PeerFailedError
+from spo.train.preemption import EXIT_PREEMPTED, Preempted
 
 # Each command imports the stages it runs when it runs, so that `spo options` and `--help`
 # answer at once, without loading torch and transformers.
@@ -234,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
+    except Preempted as err:  # checkpointed on SIGTERM / SIGINT / SIGUSR1 (docs/reliability.md)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"spo: {err}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except PeerFailedError as err:  # a multi-process run lost a process (docs/reliability.md)
+        return _fail(args, err, None, 1)
     except (ConfigError, PromptFormatError) as err:
         return _fail(args, err, getattr(err, "label", "config error"), 2)
     except DataError as err:

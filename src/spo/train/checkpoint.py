@@ -178,16 +178,16 @@ def _candidates(root: Path) -> list[Path]:
     return sorted(found, key=checkpoint_iteration, reverse=True)
 
 
-def latest_checkpoint(run_dir: str | Path, *, tidy: bool = False) -> Path | None:
+def latest_checkpoint(run_dir: str | Path, *, tidy: bool = False, hashes: bool = True) -> Path | None:
     """The newest checkpoint of a run that passes `verify_checkpoint`, or None. Damaged ones
     are skipped with a warning. `tidy` (the process about to resume the run): damaged ones
     newer than the one returned are renamed `damaged-iter_...`, so that nothing takes them
     for the run's state; a `.old-` copy returned is renamed back; the leftovers of writes
-    and deletions a kill interrupted are removed."""
+    and deletions a kill interrupted are removed. `hashes=False`: sizes only (quick)."""
     root = Path(run_dir) / "checkpoints"
     found = None
     for path in _candidates(root):
-        problem = verify_checkpoint(path)
+        problem = verify_checkpoint(path, hashes=hashes)
         if problem is None:
             found = path
             break

@@ -44,6 +44,7 @@ HARMLESS: dict[str, str] = {
     "progress": "the progress display",
     "output_dir": "where the run is (the folder being resumed)",
     "preempt_grace": "how long a preempted run may take to checkpoint",
+    "collective_timeout": "how long a process waits for a dead or hung peer",
     "task.eval_limit": "evaluation only",
     "eval.every": "evaluation only (evaluations do not draw from the training RNG streams)",
     "eval.at_start": "evaluation only",

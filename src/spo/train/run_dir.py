@@ -2,7 +2,7 @@
 writes it, continued from its newest good checkpoint, or started again when it has none.
 
     with run_folder(cfg.output_dir, resume) as (run_dir, resuming):
-        Trainer(cfg, run_dir, resume=resuming).train()
+        Trainer(cfg, run_dir, resume=resuming).train(preemption)
 
 `resume`: None starts a new run (refused in a folder that already holds one: it would mix
 two runs' metrics); a folder continues that run (an error when it has no good
