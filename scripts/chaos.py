@@ -454,11 +454,17 @@ def interruption_outcome(scenario: Scenario, result: Attempt) -> str:
     """How a SIGTERM'd or half-killed run ended: "ok: ..." when as documented
     (docs/reliability.md), else what went wrong."""
     log, code = result.log, result.returncode
+    if "run folder: " in log:  # printed once training and the final evaluation are over
+        return "ok: the signal came after the run had finished (while exiting)"
     if scenario.action == "term":
-        if "preempted (" in log and (code == 75 or "exitcode  : 75" in log):
-            return "ok: checkpointed, exit 75"
         if "preempt_grace" in log and "ran out" in log:
             return "ok: grace ran out, exit 143"
+        if "preempted (" in log and code == 75:
+            return "ok: checkpointed, exit 75"
+        # under accelerate launch: each process exits 75; the launcher reports that as its own
+        # failure (1), or exits 143 when the SIGTERM reached it too
+        if "preempted (" in log and scenario.launch and code in (1, 143):
+            return f"ok: checkpointed, each process exit 75, launcher exit {code}"
         if result.phase == "start-up" and "loaded " not in log:  # before spo installed its handlers
             return "ok: stopped by the signal during start-up (no handler yet)"
         return f"unexpected end (exit {code})"
@@ -501,6 +507,7 @@ def run(kills: int, scenarios: list[str], work: Path, jobs: int = 1, seed: int =
                 k = min(chain_kills, left)
                 jobs_list.append((name, c, k))
                 left, c = left - k, c + 1
+        jobs_list.sort(key=lambda job: job[1])  # round-robin over the scenarios: a run cut short has some of each
         rngs = {(name, c): random.Random(f"{seed}-{name}-{c}") for name, c, _ in jobs_list}
         results = pool.map(lambda j: (j[0], run_chain(SCENARIOS[j[0]], refs[j[0]][0], refs[j[0]][1],
                                                       work / j[0] / f"chain{j[1]:02d}", j[2], rngs[j[0], j[1]])),
@@ -535,7 +542,19 @@ def main() -> int:
     parser.add_argument("--chain-kills", type=int, default=8, help="kills before a chain may finish")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("chaos-work"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="only report the chains that finished in --workdir (its chains.jsonl), e.g. of a run "
+                             "stopped early")
     args = parser.parse_args()
+    if args.report_only:
+        tallies: dict[str, Tally] = {}
+        for line in (args.workdir / "chains.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            tallies.setdefault(row["scenario"], Tally()).add(Tally(
+                row["tried"], row["survived"], Counter(row["kinds"]), row["failures"], Counter(row["outcomes"]),
+                row["stop_seconds"]))
+        print(report(tallies, 0.0))
+        return 0
     t0 = time.perf_counter()
     tallies = run(args.kills, args.scenarios.split(","), args.workdir, args.jobs, args.seed, args.chain_kills)
     print(report(tallies, time.perf_counter() - t0))

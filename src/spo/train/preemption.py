@@ -13,8 +13,9 @@ iterations, where the state is whole. Under `accelerate launch` the flag is all-
 got the signal. From the first signal a watchdog counts `grace_s` seconds: a run that has
 not exited by then (an iteration or evaluation longer than the grace period) exits at
 once with EXIT_GRACE_EXPIRED, as a `kill -9` would: the last good checkpoint is intact,
-since checkpoints are written aside and committed by their manifest. A second signal
-while waiting does the same at once.
+since checkpoints are written aside and committed by their manifest. A second SIGINT
+(Ctrl-C twice) does the same at once; a second SIGTERM or SIGUSR1 changes nothing (a
+scheduler signals every process and torchrun forwards the signal again).
 
 Exit statuses (docs/reliability.md): EXIT_PREEMPTED (75, sysexits' EX_TEMPFAIL: "try
 again") after the checkpoint; EXIT_GRACE_EXPIRED (143, 128 + SIGTERM) without one.
@@ -79,9 +80,11 @@ class Preemption:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.signal_name is not None:  # a second signal: no more waiting
-            _exit_now(f"spo: {name} again while stopping: exiting now, without a new checkpoint; the last good "
-                      "checkpoint is intact")
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: no more waiting
+                _exit_now(f"spo: {name} again while stopping: exiting now, without a new checkpoint; the last good "
+                          "checkpoint is intact")
+            return  # SIGTERM twice is common (a scheduler signals every process, torchrun forwards it again)
         self.signal_name = name
         print(f"spo: {name} received during {self.where()}: checkpointing after the current iteration, then exiting (within "
               f"{self.grace_s:.0f} s, preempt_grace)", file=sys.stderr, flush=True)
