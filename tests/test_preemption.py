@@ -200,3 +200,21 @@ def test_a_run_that_cannot_reach_a_safe_point_exits_when_the_grace_period_ends(t
         err = proc.stderr.read()
         assert time.monotonic() - t0 < (1 if second_signal else 10)
         assert ("again while stopping" if second_signal else "preempt_grace (1 s) ran out") in err, err
+
+
+def test_a_lost_peer_anywhere_in_the_run_is_one_clear_error(monkeypatch, tmp_path):
+    # start-up included (a kill while the resumed FSDP run loads its checkpoint, a collective)
+    from spo.train.faults import PeerFailedError, peer_failures_reported
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PeerFailedError, match="process 0 of 2: another process of this run stopped.*iter_000003"):
+        with peer_failures_reported(tmp_path, 900, lambda: tmp_path / "checkpoints" / "iter_000003"):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:51086")
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):  # other errors pass through
+        with peer_failures_reported(tmp_path, 900, lambda: None):
+            raise RuntimeError("CUDA out of memory")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection closed"):  # one process: no peers
+        with peer_failures_reported(tmp_path, 900, lambda: None):
+            raise RuntimeError("Connection closed by peer")

@@ -87,27 +87,27 @@ PEER_FAILURE_SIGNS = ("connection reset", "connection closed", "broken pipe", "t
 DistError with the backend's message)."""
 
 
-def peer_failure(err: BaseException, dist, run_dir, last_checkpoint, timeout_s: float
-                 ) -> PeerFailedError | None:
+def peer_failure(err: BaseException, run_dir, last_checkpoint, timeout_s: float) -> PeerFailedError | None:
     """A PeerFailedError saying what happened and what to do, when `err` (raised in a
     multi-process run) is a collective that lost its peer; None for any other error."""
     import torch.distributed  # only here: this module is imported by `spo --help`
 
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))  # set by the launcher
     text = str(err).strip()
-    if dist.world == 1 or not isinstance(err, RuntimeError) or not (
+    if world == 1 or not isinstance(err, RuntimeError) or not (
             isinstance(err, torch.distributed.DistError) or any(s in text.lower() for s in PEER_FAILURE_SIGNS)):
         return None
     first = text.splitlines()[0][:300] if text else type(err).__name__
-    where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+    last = last_checkpoint()
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
     return PeerFailedError(
-        f"process {dist.rank} of {dist.world}: another process of this run stopped (killed, crashed, or hung for "
+        f"process {rank} of {world}: another process of this run stopped (killed, crashed, or hung for "
         f"longer than collective_timeout={timeout_s:g} s), so this one stops too: {first}; {where}; resume with "
         f"`spo train --resume {run_dir}` under the same launcher (or repeat the command with --resume auto)")
 
 
 @contextlib.contextmanager
-def peer_failures_reported(dist, run_dir, timeout_s: float, last_checkpoint: Callable[[], object]
-                           ) -> Iterator[None]:
+def peer_failures_reported(run_dir, timeout_s: float, last_checkpoint: Callable[[], object]) -> Iterator[None]:
     """Re-raise, inside the block, a collective's error that means another process is gone
     as PeerFailedError (`peer_failure`; `last_checkpoint()` finds what to resume from),
     logged at once: the launcher may stop this process any moment now. Other errors pass
@@ -115,7 +115,7 @@ def peer_failures_reported(dist, run_dir, timeout_s: float, last_checkpoint: Cal
     try:
         yield
     except RuntimeError as err:
-        failed = peer_failure(err, dist, run_dir, None if dist.world == 1 else last_checkpoint(), timeout_s)
+        failed = peer_failure(err, run_dir, last_checkpoint, timeout_s)
         if failed is None:
             raise
         logging.getLogger("spo.train").error("%s", failed)

@@ -250,11 +250,10 @@ def train(cfg: RunConfig, resume_dir: str | None = None, allow_config_change: bo
     cfg.output_dir), a run folder to continue, or "auto" (continue cfg.output_dir when it has
     a checkpoint, else start it); see spo.train.run_dir. A config that changes results is not
     resumed unless `allow_config_change` (spo.train.resume_check)."""
-    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace) as preemption:
+    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace) as preemption, \
+            peer_failures_reported(run_dir, cfg.collective_timeout, lambda: ckpt.latest_checkpoint(run_dir, hashes=False)):
         changes = check_resume_config(run_dir, cfg, allow_config_change) if resuming else {}
         trainer = Trainer(cfg, run_dir, resume=resuming)
         if trainer.dist.is_main:
             record_config_changes(run_dir, cfg, changes, trainer.start_iteration)
-        with peer_failures_reported(trainer.dist, run_dir, cfg.collective_timeout,  # another process died
-                                    lambda: ckpt.latest_checkpoint(run_dir, hashes=False)):
-            return trainer.train(preemption)
+        return trainer.train(preemption)
