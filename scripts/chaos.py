@@ -443,7 +443,7 @@ def run_until_done(scenario: Scenario, ref: Path, ref_seconds: float, folder: Pa
     tally.failures += [f"{folder}: {d}" for d in diffs]
     say(f"[{scenario.name}] {folder.parent.name}/{folder.name} finished after {n} attempts, {tally.tried} kills: "
         + ("the same as the uninterrupted run" if not diffs else f"{len(diffs)} differences, e.g. {diffs[:3]}"))
-    with _print_lock, (folder.parents[2] / "chains.jsonl").open("a") as f:  # what finished, should the run be cut short
+    with _print_lock, (folder.parents[1] / "chains.jsonl").open("a") as f:  # what finished, should the run be cut short
         f.write(json.dumps({"scenario": scenario.name, "folder": str(folder), "tried": tally.tried,
                             "survived": tally.survived, "kinds": tally.kinds, "outcomes": tally.outcomes,
                             "stop_seconds": tally.stop_seconds, "failures": tally.failures[:5]}) + "\n")
@@ -543,12 +543,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("chaos-work"))
     parser.add_argument("--report-only", action="store_true",
-                        help="only report the chains that finished in --workdir (its chains.jsonl), e.g. of a run "
+                        help="only report the chains that finished in --workdir (its */chains.jsonl), e.g. of a run "
                              "stopped early")
     args = parser.parse_args()
     if args.report_only:
         tallies: dict[str, Tally] = {}
-        for line in (args.workdir / "chains.jsonl").read_text().splitlines():
+        found = [args.workdir / "chains.jsonl", *sorted(args.workdir.glob("*/chains.jsonl"))]
+        for line in (line for path in found if path.is_file() for line in path.read_text().splitlines()):
             row = json.loads(line)
             tallies.setdefault(row["scenario"], Tally()).add(Tally(
                 row["tried"], row["survived"], Counter(row["kinds"]), row["failures"], Counter(row["outcomes"]),
