@@ -30,7 +30,7 @@ from spo.train.progress import Progress  # noqa: E402
 real_train = Trainer.train
 
 
-def train_and_keep_weights(self):
+def train_and_keep_weights(self, *args):
     """Trainer.train, then the full weights (a collective) to `<run>-weights.pt`. First, a
     check that sampling needs no collective: inside `gathered`, process R runs R + 1
     forward passes (a per-forward all-gather would hang or pair them wrongly)."""
@@ -38,7 +38,7 @@ def train_and_keep_weights(self):
     with torch.no_grad(), self.dist.gathered(self.policy):
         for _ in range(self.dist.rank + 1):
             self.policy(torch.tensor([[1, 2, 3]]))
-    run_dir = real_train(self)
+    run_dir = real_train(self, *args)
     weights = self.dist.full_state_dict(self.model)
     if self.dist.is_main:
         torch.save(weights, run_dir.parent / f"{run_dir.name}-weights.pt")

@@ -113,7 +113,9 @@ def test_cli_is_imported_by_nobody():
 
 def test_the_loop_is_thin_and_names_no_algorithm_or_engine():
     text = (SRC / "train" / "loop.py").read_text()
-    assert len(text.splitlines()) <= 260
+    # 280: the loop also installs the preemption handlers, reports lost peers, checks a
+    # resumed config and takes a Task object (issues 23, 24); a longer loop should split
+    assert len(text.splitlines()) <= 280
     for word in ("spo_chain", "spo_tree", "grpo", "HFEngine", "estimator =="):
         assert not re.search(rf"\b{re.escape(word)}\b", text.split('"""', 2)[2]), word
 

@@ -74,7 +74,11 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(name, tmp_path, capsys, mon
     # a missing hub id fails at once instead of retrying for a minute (no network here)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     argv, expected = CASES[name]
+    work = tmp_path / "cwd"  # `spo train` without --output-dir would create runs/<time> here
+    work.mkdir()
+    monkeypatch.chdir(work)
     assert main(argv(tmp_path)) == 2
+    assert list(work.iterdir()) == []  # a start that failed removes the run folder it created
     err = capsys.readouterr().err
     message = err.strip().splitlines()[-1]
     assert message.startswith("spo: ") and "Traceback" not in err

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -33,7 +35,9 @@ from spo.inspect.serve import make_server
 from spo.commands.plot import parse_metric, run_labels
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SHOTS = Path(__file__).resolve().parents[1] / "runs" / "inspect-screenshots"
+SHOTS = Path(os.environ.get("SPO_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "spo-inspect-screenshots")
+"""Where the browser tests keep their screenshots to look at (not the working tree: tests
+write only outside it)."""
 
 
 def spo(*argv: str) -> int:
@@ -216,7 +220,7 @@ def open_page(browser, url: str, shot: str):
 
 
 def screenshot(page) -> None:
-    """Keep a screenshot under runs/inspect-screenshots/ (ignored by git) to look at."""
+    """Keep a screenshot in SHOTS ($SPO_SCREENSHOTS_DIR, default $TMPDIR/spo-inspect-screenshots)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / page.shot))
 

@@ -269,3 +269,176 @@ def test_the_grader_worker_runs_under_a_memory_cap(monkeypatch):
         assert grader.math_answers_equal("0.5", "\\frac{1}{2}", timeout_s=5) is True  # grading goes on
     finally:
         worker.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Rough edges: what a new user runs into first.
+
+def test_output_dir_on_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert run_train(out) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("resume_flag", [[], ["--resume", "auto"]])
+def test_a_failed_start_removes_the_folder_it_created(tmp_path, resume_flag):
+    out = tmp_path / "new" / "run"
+    assert run_train(out, "model.name_or_path=./no-such-model", *resume_flag) == 2
+    assert not (tmp_path / "new").exists()  # and the parent it created
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)  # a folder the user made: only spo's lock file goes
+    assert run_train(kept, "model.name_or_path=./no-such-model", *resume_flag) == 2
+    assert [p.name for p in kept.iterdir()] == ["notes"]
+
+
+def test_eval_inspect_plot_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("x")
+    for argv, expected in [(["eval", str(tmp_path / "other")], "neither a run folder"),
+                           (["inspect", str(tmp_path / "other")], "not a run folder"),
+                           (["plot", str(tmp_path / "other")], "not a run folder"),
+                           (["inspect", str(tmp_path / "missing")], "no such folder"),
+                           (["plot", str(tmp_path / "missing")], "no such folder")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    import huggingface_hub.constants as hub
+
+    from spo import models
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    models._hub_reachable.cache_clear()
+    t0 = time.perf_counter()
+    with pytest.raises(models.ModelNotFoundError, match="cannot be reached.*--local-dir"):
+        models.load_tokenizer("nobody-xyz/no-model")
+    assert time.perf_counter() - t0 < 5
+    # in the cache: its snapshot folder, read without the network
+    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc123")
+    assert models.resolve_model_path("org/cached") == str(snapshot)
+    # with the hub reachable, a hub id goes to from_pretrained unchanged (users with the hub)
+    monkeypatch.setattr(models, "_hub_reachable", lambda endpoint: True)
+    assert models.resolve_model_path("org/other") == "org/other"
+
+
+# ---------------------------------------------------------------------------------------
+# Durability: fsync before the manifest, and a simulated power loss.
+
+def test_every_file_is_on_the_disk_before_the_manifest_and_the_rename_after(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    staged = ckpt.staging_dir(root, 1)
+    (staged / "model").mkdir()
+    (staged / "model" / "model.safetensors").write_bytes(b"w" * 10)
+    ckpt.write_state(staged, {"iteration": 1})
+    synced, events = [], []
+    real = ckpt.fsync_path
+
+    def record(path):
+        path = Path(path)
+        if path.is_file() and path.name != ckpt.MANIFEST:  # data first: no manifest may vouch for it yet
+            assert not (path.parent / ckpt.MANIFEST).exists() and not (staged / ckpt.MANIFEST).exists(), path
+        if path == root:
+            events.append(("root", (root / "iter_000001").is_dir()))
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(ckpt, "fsync_path", record)
+    final = ckpt.commit_checkpoint(root, staged, 1, keep=2)
+    names = {p.relative_to(staged).as_posix() for p in synced if staged in p.parents}
+    assert {"model/model.safetensors", ckpt.STATE_FILE, "model", ckpt.MANIFEST} <= names
+    assert staged in synced  # the folder's own entries
+    assert ("root", True) in events  # the rename into place, flushed
+    assert (root / ckpt.LATEST).read_text().strip() == final.name and synced.count(root) == 2  # and `latest`
+
+
+@pytest.mark.parametrize("loss", ["zeroed", "truncated", "manifest zeroed"])
+def test_a_power_loss_during_the_last_checkpoint_falls_back_and_resumes_equal(finished, tmp_path, loss):
+    run = copy_run(finished, tmp_path / "run")
+    last, previous = run / "checkpoints" / "iter_000003", run / "checkpoints" / "iter_000002"
+    # What a power loss leaves of writes that had not reached the disk: the new checkpoint's
+    # files with their sizes but zeros (ext4's delayed allocation), or cut short; and the
+    # tail of metrics.jsonl written after the previous checkpoint, zeroed.
+    targets = [last / ckpt.MANIFEST] if loss == "manifest zeroed" else [
+        last / "model" / "model.safetensors", last / "optimizer.pt", last / ckpt.STATE_FILE]
+    for f in targets:
+        size = f.stat().st_size
+        f.write_bytes(b"" if loss == "truncated" else b"\0" * size)
+    kept = ckpt.read_state(previous)["metrics_bytes"]
+    metrics = run / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[:kept] + b"\0" * (len(data) - kept))
+    assert ckpt.latest_checkpoint(run) == previous
+    assert resume(run, "iterations=3", "keep_checkpoints=5") == 0
+    assert (run / "checkpoints" / "damaged-iter_000003").is_dir()
+    same_run(finished, run)
+
+
+# ---------------------------------------------------------------------------------------
+# Resume that notices a changed config.
+
+def test_resume_with_a_results_changing_config_is_refused_unless_allowed(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    ckpt.latest_checkpoint(run)
+    shutil.rmtree(run / "checkpoints" / "iter_000003")  # as if killed after iteration 2
+    before = (run / "metrics.jsonl").read_bytes()
+    assert resume(run, "iterations=3", "keep_checkpoints=5", "algorithm.kl_coef=0.05", "seed=1") == 2
+    err = capsys.readouterr().err
+    assert "algorithm.kl_coef: 0.01 in the run, 0.05 now" in err and "seed: 0 in the run, 1 now" in err
+    assert "--allow-config-change" in err and "Traceback" not in err
+    assert (run / "metrics.jsonl").read_bytes() == before and not (run / "config_changes.jsonl").exists()
+    assert main(["train", "--resume", str(run), "optim.lr=1e-3"]) == 2  # `--resume RUN overrides` too
+    assert "optim.lr" in capsys.readouterr().err
+    assert resume(run, "iterations=3", "keep_checkpoints=5", "algorithm.kl_coef=0.05", "--allow-config-change") == 0
+    line = json.loads((run / "config_changes.jsonl").read_text())
+    assert line["changes"] == {"algorithm.kl_coef": {"run": 0.01, "now": 0.05}}
+    assert line["allowed"] == "--allow-config-change (algorithm.kl_coef)" and line["resumed_from_iteration"] == 2
+    assert "kl_coef: 0.05" in (run / "config.yaml").read_text()
+
+
+def test_resume_with_harmless_changes_continues_and_records_them(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    assert main(["train", "--resume", str(run), "iterations=4", "eval.every=1"]) == 0
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    line = json.loads((run / "config_changes.jsonl").read_text())
+    assert line["allowed"] == "harmless" and set(line["changes"]) == {"iterations", "eval.every"}
+    assert main(["train", "--resume", str(run)]) == 0  # config.yaml now says 4: nothing left to train
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3, 4]
+
+
+def test_iterations_change_results_when_the_lr_schedule_spans_the_run():
+    from spo.config import build_config
+    from spo.train.resume_check import config_changes, results_changing
+
+    for schedule, warmup, changing in [("constant", 0.0, []), ("linear", 0.0, ["iterations"]),
+                                       ("constant", 0.1, ["iterations"])]:
+        saved = build_config({"optim": {"schedule": schedule, "warmup_ratio": warmup}})
+        longer = build_config({"optim": {"schedule": schedule, "warmup_ratio": warmup}, "iterations": 20})
+        assert results_changing(config_changes(saved, longer), saved) == changing
+
+
+def test_evaluation_options_are_harmless_they_do_not_change_training(finished, tmp_path):
+    out = tmp_path / "evals"
+    assert run_train(out, "iterations=3", "keep_checkpoints=5", "eval.every=1", "eval.samples=2",
+                     "eval.temperature=1.0", "task.eval_limit=2", "eval.at_start=true") == 0
+    assert_same_metrics(read_metrics(finished), read_metrics(out))  # the training lines
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(str(ckpt.latest_checkpoint(r) / "model" / "model.safetensors")) for r in (finished, out))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)

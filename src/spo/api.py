@@ -62,12 +62,15 @@ def make_task(cfg: RunConfig, reward: Any = None) -> Task:
 
 
 def train(config: RunConfig | str | Path, *, task: Task | None = None, reward: Any = None,
-          output_dir: str | Path | None = None, resume: str | Path | None = None) -> Path:
+          output_dir: str | Path | None = None, resume: str | Path | None = None,
+          allow_config_change: bool = False) -> Path:
     """Train (or resume) a run; returns its folder (config.yaml, metrics.jsonl, episodes/,
     checkpoints/). `config`: a RunConfig or a preset name/path. `task`: a Task object used
     instead of building `config.task` (config.yaml still records config.task, so resuming
     such a run needs the same object again); `reward`: the dataset task's reward, as in
-    make_task. `resume`: a run folder, or "auto" (continue `output_dir` when it holds a run)."""
+    make_task. `resume`: a run folder, or "auto" (continue `output_dir` when it holds a run);
+    a resumed run whose config differs in what changes results is refused unless
+    `allow_config_change` (docs/reliability.md)."""
     from spo.train.loop import train as run_training  # torch and transformers: only when training
 
     if os.environ.get(WORKER_ENV):
@@ -80,7 +83,8 @@ def train(config: RunConfig | str | Path, *, task: Task | None = None, reward: A
     if task is not None and reward is not None:
         raise ConfigError("pass task= or reward=, not both (a Task object brings its own reward)")
     return run_training(cfg, resume_dir=None if resume is None else str(resume),
-                        task=task if task is not None else make_task(cfg, reward))
+                        task=task if task is not None else make_task(cfg, reward),
+                        allow_config_change=allow_config_change)
 
 
 @dataclass
@@ -117,6 +121,10 @@ def evaluate(model: str | Path, config: RunConfig | str | Path | None = None, ov
     from spo.train.sft import load_model_and_tokenizer
 
     model_path, run_cfg = str(model), None
+    folder = Path(model_path)
+    if folder.is_dir() and not any((folder / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json")):
+        raise ConfigError(f"{folder}: neither a run folder (no config.yaml) nor a model folder (no config.json); "
+                          "give a run folder, a Hugging Face model folder, a hub id or an alias")
     if Path(model_path, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
         ck = latest_checkpoint(model_path)
         if ck is None:

@@ -33,7 +33,8 @@ from spo.config import ConfigError
 from spo.presets import resolve_preset
 from spo.tasks.problems import DataError
 from spo.tasks.prompts import PromptFormatError
-from spo.train.faults import DiskFullError
+from spo.train.faults import DiskFullError, PeerFailedError
+from spo.train.preemption import EXIT_PREEMPTED, Preempted
 
 # Each command (spo.commands) imports the stages it runs when it runs, so that `spo options`
 # and `--help` answer at once, without loading torch and transformers.
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR|auto",
                    help="continue a run from its newest good checkpoint; `auto`: continue --output-dir when it has "
                         "one, else start it (the same command can be repeated after a crash)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even when the command's config differs from the run's in what changes results "
+                        "(refused otherwise; the change is recorded in RUN/config_changes.jsonl)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides (see `spo options`)")
     p.set_defaults(func=cmd_train)
 
@@ -128,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
+    except Preempted as err:  # checkpointed on SIGTERM / SIGINT / SIGUSR1 (docs/reliability.md)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"spo: {err}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    except PeerFailedError as err:  # a multi-process run lost a process (docs/reliability.md)
+        return _fail(args, err, None, 1)
     except (ConfigError, PromptFormatError) as err:
         return _fail(args, err, getattr(err, "label", "config error"), 2)
     except DataError as err:

@@ -367,6 +367,13 @@ class RunConfig:
     """Write episodes/iter_NNNNNN.jsonl for each iteration."""
     progress: bool = True
     """Progress bars (also off when output is not a terminal)."""
+    preempt_grace: float = 90.0
+    """Seconds a run may take, after SIGTERM / SIGINT / SIGUSR1, to finish its iteration and
+    checkpoint (then it exits with status 75); past them it exits at once (status 143), the
+    last good checkpoint intact (docs/reliability.md). Fits schedulers' 30-120 s grace periods."""
+    collective_timeout: float = 900.0
+    """Seconds a process of a multi-process run waits in one collective (a peer that died or
+    hangs) before it stops with an error instead of hanging (torch's default: 30 min)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,6 +382,8 @@ class RunConfig:
 def _check_ranges(cfg: RunConfig) -> None:
     s, a, o, e = cfg.sampling, cfg.algorithm, cfg.optim, cfg.eval
     need(cfg.iterations >= 1, "iterations", f"must be >= 1, got {cfg.iterations}")
+    need(cfg.preempt_grace > 0, "preempt_grace", f"must be > 0 seconds, got {cfg.preempt_grace}")
+    need(cfg.collective_timeout > 0, "collective_timeout", f"must be > 0 seconds, got {cfg.collective_timeout}")
     need(cfg.max_tokens is None or cfg.max_tokens >= 1, "max_tokens", "must be >= 1 or null")
     need(cfg.max_train_seconds is None or cfg.max_train_seconds > 0, "max_train_seconds", "must be > 0 or null")
     need(s.prompts_per_iteration >= 1, "sampling.prompts_per_iteration", "must be >= 1")

@@ -26,25 +26,30 @@ over gloo) runs on the CPU. That is how the tests run FSDP with two CPU processe
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, gather_object
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, gather_object
 
 from spo.config import ConfigError
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(collective_timeout_s: float | None = None) -> Accelerator:
     """The run's Accelerator, from the `accelerate launch` environment (CPU when there is no
     GPU). An FSDP config is honoured on the CPU too (see the module docstring); FSDP1
-    (`fsdp_version: 1`) and DeepSpeed are refused: spo shards with FSDP2."""
+    (`fsdp_version: 1`) and DeepSpeed are refused: spo shards with FSDP2.
+    `collective_timeout_s`: how long a collective waits for a peer (a dead or hung process)
+    before it raises, instead of torch's 30 min (`collective_timeout`)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise ConfigError("spo does not run under DeepSpeed (its update steps its own optimizer, with fp32 master "
                           "weights, and samples from the policy in-process); for ZeRO-3-like sharding use FSDP: "
                           "accelerate launch --config_file configs/accelerate/fsdp.yaml (docs/distributed.md)")
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    handlers = [] if collective_timeout_s is None else [
+        InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=collective_timeout_s))]
+    acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return acc
     state = acc.state

@@ -114,8 +114,10 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Every line of a run's metrics.jsonl; a bad folder is a ConfigError naming it."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder (give a run folder: config.yaml, metrics.jsonl, episodes/)")
     if not (run_dir / METRICS_FILE).is_file():
-        raise ConfigError(f"{run_dir}: no {METRICS_FILE} (not a run folder?)")
+        raise ConfigError(f"{run_dir}: not a run folder (no {METRICS_FILE} there)")
     return read_metrics(run_dir, kind=None)
 
 

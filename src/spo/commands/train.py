@@ -24,6 +24,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = make_config(args.config or DEFAULT_PRESET, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     print(f"run folder: {run_dir}")
     return 0

@@ -48,8 +48,10 @@ _KNOWN_FIELDS = {"response_ids", "logprobs", "advantages", "loss_mask",
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config.yaml; a folder without one is not a run folder."""
     path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder (give a run folder: config.yaml, metrics.jsonl, episodes/)")
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml there (not a run folder?)")
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml there)")
     return load_yaml(path)
 
 

@@ -134,7 +134,55 @@ def _local_or_hub(name: str, what: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or p.exists():
         raise ModelNotFoundError(f"{what} {name!r}: no such folder ({p.resolve()}), and not an alias of spo "
                                  f"({', '.join(_known_aliases())})")
-    return name
+    return _hub_or_cached(name, what)
+
+
+HUB_PROBE_SECONDS = 3.0
+"""How long spo waits to connect to the hub before taking it for unreachable."""
+
+
+def _hub_or_cached(name: str, what: str) -> str:
+    """A hub id as is when the hub answers (or a proxy is set: huggingface_hub then decides);
+    else its cached snapshot folder; else a ModelNotFoundError at once, saying how to use a
+    local folder (without this, huggingface_hub retries an unreachable hub for ~50 s)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not constants.HF_HUB_OFFLINE and (proxied or _hub_reachable(constants.ENDPOINT)):
+        return name
+    cached = try_to_load_from_cache(name, "config.json" if what == "model" else "tokenizer_config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)  # the snapshot folder: from_pretrained reads it without the network
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} cannot be reached"
+    raise ModelNotFoundError(
+        f"{what} {name!r}: not a local folder, not an alias of spo ({', '.join(_known_aliases())}), and not in the "
+        f"Hugging Face hub's cache ({constants.HF_HUB_CACHE}), while {why}; on a machine with network run "
+        f"`hf download {name} --local-dir DIR`, copy DIR here and give its path (model.name_or_path=DIR)")
+
+
+@functools.cache
+def _hub_reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub opens within HUB_PROBE_SECONDS (name lookup
+    included: it runs in a thread, since a hung DNS lookup ignores socket timeouts)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=HUB_PROBE_SECONDS).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return bool(result and result[0])
 
 
 def _known_aliases() -> list[str]:

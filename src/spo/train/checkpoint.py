@@ -14,6 +14,10 @@ Layout of one checkpoint (`RUN/checkpoints/iter_000010/`):
 
 Everything is written into a temporary sibling folder first, the manifest last, and the
 folder is renamed into place only when complete (rename is atomic on one file system);
+every file and folder is fsync'ed before the manifest is written, the manifest itself
+before the rename, and the parent folder after it (so a power loss, not only a kill,
+leaves either the previous checkpoint or the complete new one: the manifest is the
+commit point);
 then `RUN/checkpoints/latest` is replaced atomically and older checkpoints are pruned,
 never before the new one is in place. A crash (kill -9) at any moment leaves the previous
 checkpoint untouched.
@@ -42,7 +46,7 @@ from transformers import AutoModelForCausalLM
 from spo.config import ConfigError
 from spo.models import is_lora, lora_copy_from_state, peft_keys, save_hf_model
 from spo.train.faults import disk_full_is_fatal, kill_point
-from spo.train.run_log import METRICS_FILE
+from spo.train.run_log import EPISODES_DIR, METRICS_FILE
 
 log = logging.getLogger("spo.train")
 
@@ -67,12 +71,41 @@ def checkpoint_iteration(path: Path) -> int:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` atomically and durably (the data on the disk before the
+    rename, the rename on the disk before returning)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Durability: a rename is atomic, but without fsync a power loss may persist the rename
+# and not the data it points at (a checkpoint of zeroed or truncated files).
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (new names, renames), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder in it, deepest first, then itself."""
+    folders = [folder]
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            fsync_path(p)
+        elif p.is_dir():
+            folders.append(p)
+    for d in sorted(folders, key=lambda d: len(d.parts), reverse=True):
+        fsync_path(d)
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,10 +133,15 @@ def _files(folder: Path) -> list[Path]:
 
 
 def write_manifest(folder: Path) -> None:
-    """manifest.json: {"files": {relative path: {"size", "sha256"}}} of every file in `folder`."""
+    """manifest.json: {"files": {relative path: {"size", "sha256"}}} of every file in `folder`.
+    Every file is on the disk (fsync) before the manifest that vouches for it is written,
+    and the manifest is before this returns: the manifest is the commit point."""
+    fsync_tree(folder)
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in _files(folder)}
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    fsync_path(folder / MANIFEST)
+    fsync_path(folder)
 
 
 def verify_checkpoint(path: Path, *, hashes: bool = True) -> str | None:
@@ -140,16 +178,16 @@ def _candidates(root: Path) -> list[Path]:
     return sorted(found, key=checkpoint_iteration, reverse=True)
 
 
-def latest_checkpoint(run_dir: str | Path, *, tidy: bool = False) -> Path | None:
+def latest_checkpoint(run_dir: str | Path, *, tidy: bool = False, hashes: bool = True) -> Path | None:
     """The newest checkpoint of a run that passes `verify_checkpoint`, or None. Damaged ones
     are skipped with a warning. `tidy` (the process about to resume the run): damaged ones
     newer than the one returned are renamed `damaged-iter_...`, so that nothing takes them
     for the run's state; a `.old-` copy returned is renamed back; the leftovers of writes
-    and deletions a kill interrupted are removed."""
+    and deletions a kill interrupted are removed. `hashes=False`: sizes only (quick)."""
     root = Path(run_dir) / "checkpoints"
     found = None
     for path in _candidates(root):
-        problem = verify_checkpoint(path)
+        problem = verify_checkpoint(path, hashes=hashes)
         if problem is None:
             found = path
             break
@@ -204,6 +242,7 @@ def commit_checkpoint(ckpt_root: Path, staged: Path, iteration: int, keep: int) 
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(staged, final)
+    fsync_path(ckpt_root)  # the rename itself on the disk before `latest` points at it
     kill_point("checkpoint.commit")
     write_text_atomic(ckpt_root / LATEST, final.name + "\n")
     shutil.rmtree(old, ignore_errors=True)
@@ -266,6 +305,7 @@ def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimize
             final = None
             if dist.is_main:
                 metrics = run_dir / METRICS_FILE
+                sync_logs(run_dir)  # the logs the checkpoint counts on survive a power loss with it
                 write_state(staged, {"iteration": iteration, "world_size": dist.world,
                                      "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0, **state})
                 final = commit_checkpoint(root, staged, iteration, keep)
@@ -276,6 +316,15 @@ def save_checkpoint(run_dir: Path, iteration: int, *, model, tokenizer, optimize
             raise
     dist.barrier()
     return final
+
+
+def sync_logs(run_dir: Path) -> None:
+    """fsync metrics.jsonl and the episode logs (files already on the disk cost a syscall each)."""
+    if (run_dir / METRICS_FILE).exists():
+        fsync_path(run_dir / METRICS_FILE)
+    if (run_dir / EPISODES_DIR).is_dir():
+        fsync_tree(run_dir / EPISODES_DIR)
+    fsync_path(run_dir)
 
 
 def _previous(run_dir: Path) -> str:

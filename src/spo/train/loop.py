@@ -44,8 +44,11 @@ from spo.tasks.problems import drop_long_questions, withhold_last
 from spo.tasks.base import Task
 from spo.tasks.registry import build_task
 from spo.train import checkpoint as ckpt
+from spo.train.faults import peer_failures_reported
+from spo.train.preemption import Preemption
 from spo.train.progress import Progress
 from spo.train.run_dir import prepare_run_dir, run_folder
+from spo.train.resume_check import check_resume_config, record_config_changes
 from spo.train.run_log import RunLog, metrics_at_checkpoint
 from spo.train.sft import load_model_and_tokenizer
 
@@ -57,7 +60,7 @@ log = logging.getLogger("spo.train")
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Task | None = None):
         self.cfg, self.run_dir = cfg, run_dir
-        self.acc = make_accelerator()  # DDP or FSDP, from `accelerate launch` (docs/distributed.md)
+        self.acc = make_accelerator(cfg.collective_timeout)  # DDP or FSDP, from `accelerate launch`
         self.dist = dist = Dist(self.acc)
         for key, value in [("sampling.prompts_per_iteration", cfg.sampling.prompts_per_iteration),
                            ("algorithm.mini_batch_size", cfg.algorithm.mini_batch_size)]:
@@ -111,7 +114,7 @@ class Trainer:
         self.update = PolicyUpdate(self.policy, reference if self.algorithm.kl_in_loss else None, self.optimizer,
                                    self.scheduler, self.acc, dist, cfg, steps_per_iteration, pad_id)
 
-        self.start_iteration = 0
+        self.start_iteration, self.where = 0, "start-up"  # where: named when a signal comes
         self.spent: dict[str, float] = {}  # tokens, samples, seconds used so far
         self.log = RunLog(run_dir) if dist.is_main else None
         if resume:
@@ -125,13 +128,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> Path:
+    def train(self, preemption: Preemption) -> Path:
+        """Train to the end; `preemption`: the signal handlers (installed before the start-up)."""
         cfg = self.cfg
         progress = Progress(enabled=cfg.progress, quiet=not self.dist.is_main)
+        preemption.where = lambda: progress.current or self.where
+        preemption.stop_if_requested(self, self.start_iteration, saved=True)  # a signal during start-up
         if cfg.eval.at_start and self.start_iteration == 0:
             self.evaluate(0, progress)
         done = self.start_iteration
         for it in range(self.start_iteration, cfg.iterations):
+            self.where = f"iter {it + 1}"
             record = self.step(it, progress)
             if self.dist.is_main:
                 self.log.log(record)
@@ -140,12 +147,11 @@ class Trainer:
             last = done == cfg.iterations or self.budget_spent()
             if cfg.eval.every and done % cfg.eval.every == 0 and not last:
                 self.evaluate(done, progress)
-            if (cfg.save_every and done % cfg.save_every == 0) or last:
-                ckpt.save_checkpoint(self.run_dir, done, model=self.model, tokenizer=self.tokenizer,
-                                     optimizer=self.optimizer, scheduler=self.scheduler, algorithm=self.algorithm,
-                                     dist=self.dist, state={"config": to_dict(cfg)}, keep=cfg.keep_checkpoints)
+            if saved := (cfg.save_every and done % cfg.save_every == 0) or last:
+                self.save_checkpoint(done)
             if last:
                 break
+            preemption.stop_if_requested(self, done, saved)  # SIGTERM & co: checkpoint, exit (75)
         if cfg.eval.at_end:
             self.evaluate(done, progress)
         if self.log:
@@ -161,6 +167,12 @@ class Trainer:
             yield
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"{err}; last good checkpoint: {ckpt.latest_checkpoint(self.run_dir)}") from None
+
+    def save_checkpoint(self, done: int) -> None:
+        self.where = f"checkpoint {done}"
+        ckpt.save_checkpoint(self.run_dir, done, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                             scheduler=self.scheduler, algorithm=self.algorithm, dist=self.dist,
+                             state={"config": to_dict(self.cfg)}, keep=self.cfg.keep_checkpoints)
 
     def step(self, it: int, progress: Progress) -> dict[str, Any]:
         """One iteration: collect a batch, update the policy on it, sync the engine; returns
@@ -248,9 +260,15 @@ class Trainer:
         log.info("resumed from %s (iteration %d)", path, done)
 
 
-def train(cfg: RunConfig, resume_dir: str | None = None, task: Task | None = None) -> Path:
-    """Run or resume training; returns the run folder. `resume_dir`: None (a new run in
-    cfg.output_dir), a run folder to continue, or "auto" (continue cfg.output_dir when it has
-    a checkpoint, else start it); see spo.train.run_dir. `task`: instead of cfg.task's."""
-    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming):
-        return Trainer(cfg, run_dir, resume=resuming, task=task).train()
+def train(cfg: RunConfig, resume_dir: str | None = None, task: Task | None = None,
+          allow_config_change: bool = False) -> Path:
+    """Run or resume training; returns the run folder. `resume_dir`: None (a new run), a run
+    folder, or "auto" (spo.train.run_dir). `task`: instead of cfg.task's. A config that changes
+    results is not resumed unless `allow_config_change` (spo.train.resume_check)."""
+    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace) as preemption, \
+            peer_failures_reported(run_dir, cfg.collective_timeout, lambda: ckpt.latest_checkpoint(run_dir, hashes=False)):
+        changes = check_resume_config(run_dir, cfg, allow_config_change) if resuming else {}
+        trainer = Trainer(cfg, run_dir, resume=resuming, task=task)
+        if trainer.dist.is_main:
+            record_config_changes(run_dir, cfg, changes, trainer.start_iteration)
+        return trainer.train(preemption)

@@ -15,19 +15,26 @@ class Progress:
         self.enabled = enabled and not quiet
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.current = ""
+        """The phase running now ("iter 3 sample", ...; "" between phases): what a
+        preemption signal interrupted."""
 
     @contextlib.contextmanager
     def phase(self, name: str, total: int | None = None) -> Iterator[Any]:
         """A bar for one phase; `total=None` shows elapsed time only."""
-        if not self.enabled:
-            yield None
-            return
-        bar = tqdm(total=total, desc=name, leave=False, dynamic_ncols=True, file=sys.stderr,
-                   disable=not sys.stderr.isatty())
+        outer, self.current = self.current, name
         try:
-            yield bar
+            if not self.enabled:
+                yield None
+                return
+            bar = tqdm(total=total, desc=name, leave=False, dynamic_ncols=True, file=sys.stderr,
+                       disable=not sys.stderr.isatty())
+            try:
+                yield bar
+            finally:
+                bar.close()
         finally:
-            bar.close()
+            self.current = outer
 
     def write(self, line: str) -> None:
         """Summary lines are printed whether or not bars are enabled."""

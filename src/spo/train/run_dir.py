@@ -2,7 +2,7 @@
 writes it, continued from its newest good checkpoint, or started again when it has none.
 
     with run_folder(cfg.output_dir, resume) as (run_dir, resuming):
-        Trainer(cfg, run_dir, resume=resuming).train()
+        Trainer(cfg, run_dir, resume=resuming).train(preemption)
 
 `resume`: None starts a new run (refused in a folder that already holds one: it would mix
 two runs' metrics); a folder continues that run (an error when it has no good
@@ -63,8 +63,8 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(output_dir: str | None) -> Path:
-    """The folder of a new run: `output_dir`, or `runs/<timestamp>` (with a suffix when two
+def new_run_path(output_dir: str | None) -> Path:
+    """Where a new run goes: `output_dir`, or `runs/<timestamp>` (with a suffix when two
     runs start in the same second). A folder that holds a run already is refused."""
     base = Path(output_dir) if output_dir else default_run_dir()
     path, n = base, 1
@@ -72,8 +72,51 @@ def prepare_run_dir(output_dir: str | None) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     refuse_existing_run(path)
-    path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def prepare_run_dir(output_dir: str | None) -> Path:
+    """The folder of a new run (`new_run_path`), created."""
+    path = new_run_path(output_dir)
+    make_folder(path)
+    return path
+
+
+def make_folder(path: Path) -> None:
+    """`mkdir -p path`, with a RunFolderError (exit 2) when `path` or a parent is a file."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise RunFolderError(f"--output-dir {path}: {part} is a file, not a folder; choose another --output-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # permissions, a read-only file system
+        raise RunFolderError(f"--output-dir {path}: cannot create the folder: {err.strerror} ({err.filename})"
+                             ) from None
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself or a parent) that does not exist yet: what
+    `make_folder(path)` creates, and what a failed start removes again."""
+    missing = None
+    for part in (path, *path.parents):
+        if part.exists():
+            break
+        missing = part
+    return missing
+
+
+def remove_if_unused(path: Path, created: Path | None) -> None:
+    """After a start that failed before writing anything (a missing model, a bad task
+    option): remove the folders it created (`path` up to `created`), when they are empty."""
+    if created is None or not path.is_dir():
+        return
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()  # only empty ones
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def refuse_existing_run(path: Path) -> None:
@@ -156,23 +199,39 @@ def run_folder(output_dir: str | None, resume: str | None) -> Iterator[tuple[Pat
     """(the run folder, whether to resume from its checkpoint), locked while the block runs;
     see the module docstring for what `resume` (None, a folder, "auto") does."""
     main = is_main_process()
+    created = None
     if resume is None:
-        path = prepare_run_dir(output_dir) if main else Path(output_dir or default_run_dir())
+        if main:
+            path = new_run_path(output_dir)
+            created = first_missing(path)
+        else:
+            path = Path(output_dir or default_run_dir())
     elif resume == AUTO:
         if not output_dir:
             raise RunFolderError("--resume auto continues or starts the run in --output-dir; give one")
         path = Path(output_dir)
+        created = first_missing(path) if main else None
     else:
         path = Path(resume)
         if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"--resume {path}: not a run folder (no {CONFIG_FILE})")
-    path.mkdir(parents=True, exist_ok=True)
-    with RunLock(path, enabled=main):
-        resuming = resume is not None
-        if main and resume is None:
-            refuse_existing_run(path)  # again, now that no other trainer can be creating it
-        elif resume == AUTO:
-            resuming = latest_checkpoint(path) is not None
-            if main and not resuming:
-                clear_unfinished(path)
-        yield path, resuming
+    make_folder(path)
+    lock_existed = (path / LOCK_FILE).exists()
+    try:
+        with RunLock(path, enabled=main):
+            resuming = resume is not None
+            if main and resume is None:
+                refuse_existing_run(path)  # again, now that no other trainer can be creating it
+            elif resume == AUTO:
+                resuming = latest_checkpoint(path) is not None
+                if main and not resuming:
+                    clear_unfinished(path)
+            try:
+                yield path, resuming
+            except BaseException:
+                if main and not lock_existed and not run_contents(path):
+                    (path / LOCK_FILE).unlink(missing_ok=True)  # removed while still held
+                raise
+    except BaseException:
+        remove_if_unused(path, created)  # a start that failed leaves no empty run folder behind
+        raise

@@ -1,0 +1,127 @@
+"""Graceful preemption: a scheduler's SIGTERM (SLURM, Kubernetes, ...), SIGUSR1 (SLURM's
+`--signal`) or a Ctrl-C (SIGINT) makes the run checkpoint at its next safe point and exit.
+
+    with Preemption(grace_s=cfg.preempt_grace) as preemption:
+        for it in ...:
+            ...                                     # one iteration, its log line, eval, checkpoint
+            if preemption.requested(dist):         # collective: every process agrees
+                save the checkpoint if this iteration has none; raise Preempted(...)
+
+The signal handler only sets a flag (and says so); the loop looks at it between
+iterations, where the state is whole. Under `accelerate launch` the flag is all-reduced
+(max) at that point, so every process stops after the same iteration even when only one
+got the signal. From the first signal a watchdog counts `grace_s` seconds: a run that has
+not exited by then (an iteration or evaluation longer than the grace period) exits at
+once with EXIT_GRACE_EXPIRED, as a `kill -9` would: the last good checkpoint is intact,
+since checkpoints are written aside and committed by their manifest. A second SIGINT
+(Ctrl-C twice) does the same at once; a second SIGTERM or SIGUSR1 changes nothing (a
+scheduler signals every process and torchrun forwards the signal again).
+
+Exit statuses (docs/reliability.md): EXIT_PREEMPTED (75, sysexits' EX_TEMPFAIL: "try
+again") after the checkpoint; EXIT_GRACE_EXPIRED (143, 128 + SIGTERM) without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+log = logging.getLogger("spo.train")
+
+EXIT_PREEMPTED = 75
+EXIT_GRACE_EXPIRED = 143
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after checkpointing iteration `iteration` in `run_dir`."""
+
+    def __init__(self, run_dir, iteration: int, signal_name: str, checkpoint):
+        self.run_dir, self.iteration, self.signal_name, self.checkpoint = run_dir, iteration, signal_name, checkpoint
+        if checkpoint is None:
+            super().__init__(f"preempted ({signal_name}) before its first iteration, so with no checkpoint; start it "
+                             f"again with the same command plus `--resume auto --output-dir {run_dir}`")
+        else:
+            super().__init__(f"preempted ({signal_name}) after iteration {iteration}, checkpoint {checkpoint}; resume "
+                             f"with `spo train --resume {run_dir}` (or the same command again with `--resume auto "
+                             f"--output-dir {run_dir}`)")
+
+
+class Preemption:
+    """Installs the handlers for SIGNALS while the `with` block runs (main thread only;
+    elsewhere it does nothing), and restores the previous ones after."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self.where: Callable[[], str] = lambda: "start-up"
+        """What the run is doing (named in the message when a signal comes)."""
+        self.signal_name: str | None = None  # the signal this process got
+        self.name = ""  # the signal the run stops on (any process's)
+        self._previous: dict[int, object] = {}
+        self._cancelled = threading.Event()
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if exc_type is None or not issubclass(exc_type, Preempted):  # stopping: the watchdog still guards the exit
+            self._cancelled.set()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: no more waiting
+                _exit_now(f"spo: {name} again while stopping: exiting now, without a new checkpoint; the last good "
+                          "checkpoint is intact")
+            return  # SIGTERM twice is common (a scheduler signals every process, torchrun forwards it again)
+        self.signal_name = name
+        print(f"spo: {name} received during {self.where()}: checkpointing after the current iteration, then exiting (within "
+              f"{self.grace_s:.0f} s, preempt_grace)", file=sys.stderr, flush=True)
+        threading.Thread(target=self._watchdog, daemon=True, name="spo-preempt-watchdog").start()
+
+    def _watchdog(self) -> None:
+        if self._cancelled.wait(self.grace_s):
+            return
+        _exit_now(f"spo: preempt_grace ({self.grace_s:.0f} s) ran out before the run reached a safe point: exiting "
+                  "without a new checkpoint; the last good checkpoint is intact (resume from it)")
+
+    def stop_if_requested(self, trainer, done: int, saved: bool) -> None:
+        """At a safe point of `trainer` (spo.train.loop.Trainer; between iterations; a
+        collective): when any process got a signal, checkpoint iteration `done` unless it
+        just was, and raise Preempted."""
+        if not self.requested(trainer.dist):
+            return
+        from spo.train.checkpoint import checkpoint_name  # not at import time: `spo --help` imports this module
+
+        if not saved:
+            trainer.save_checkpoint(done)
+        if trainer.log:
+            trainer.log.close()
+        trainer.dist.barrier()
+        checkpoint = trainer.run_dir / "checkpoints" / checkpoint_name(done) if done else None
+        raise Preempted(trainer.run_dir, done, self.name, checkpoint)
+
+    def requested(self, dist) -> bool:
+        """Whether any process got a signal (collective: every process calls it at the same
+        point); `name` is then the signal's (the highest number when they differ)."""
+        mine = float(signal.Signals[self.signal_name]) if self.signal_name else 0.0
+        agreed = int(mine if dist.world == 1 else dist.global_max(mine))
+        if agreed:
+            self.name = signal.Signals(agreed).name
+        return bool(agreed)
+
+
+def _exit_now(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    os._exit(EXIT_GRACE_EXPIRED)
