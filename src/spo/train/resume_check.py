@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from spo.config import ConfigError, RunConfig, build_config, load_yaml, to_dict
+from spo.config import RunConfig, build_config
+from spo.config_io import ConfigError, load_yaml, to_dict
 from spo.train.checkpoint import write_text_atomic
 
 log = logging.getLogger("spo.train")
