@@ -127,7 +127,7 @@ answers = st.one_of(st.lists(latex_tokens, max_size=30).map("".join), st.text(ma
 # ---------------------------------------------------------------------------------------
 # Running `spo train` up to the first model load.
 
-def _stand_in_for_training(cfg, resume_dir=None, task=None):
+def _stand_in_for_training(cfg, resume_dir=None, task=None, allow_config_change=False):
     """What `spo train` does before loading a model: build the task, load both splits."""
     task = task or build_task(cfg.task.name, **cfg.task.options)
     task.problems("train", cfg.task.train_limit)

@@ -75,7 +75,14 @@ def test_gguf_env_override(monkeypatch, tmp_path):
 
 
 def test_resolve_model_path(tmp_path, monkeypatch):
-    # a local folder -> itself; anything else -> a hub id, unchanged
+    # a local folder -> itself; anything else -> a hub id, unchanged where the hub answers
+    # (a user with network; without it: tests/test_reliability.py, fails in seconds)
+    from huggingface_hub import constants
+
+    from spo.models import loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda endpoint: True)
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == (
         "HuggingFaceTB/SmolLM2-135M-Instruct"

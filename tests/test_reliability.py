@@ -314,6 +314,7 @@ def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
     import huggingface_hub.constants as hub
 
     from spo import models
+    from spo.models import loading
 
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
@@ -321,7 +322,7 @@ def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(socket, "create_connection", no_network)
-    models._hub_reachable.cache_clear()
+    loading._hub_reachable.cache_clear()
     t0 = time.perf_counter()
     with pytest.raises(models.ModelNotFoundError, match="cannot be reached.*--local-dir"):
         models.load_tokenizer("nobody-xyz/no-model")
@@ -334,7 +335,7 @@ def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
     (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc123")
     assert models.resolve_model_path("org/cached") == str(snapshot)
     # with the hub reachable, a hub id goes to from_pretrained unchanged (users with the hub)
-    monkeypatch.setattr(models, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda endpoint: True)
     assert models.resolve_model_path("org/other") == "org/other"
 
 
