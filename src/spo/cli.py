@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     except PeerFailedError as err:  # a multi-process run lost a process (docs/reliability.md)
         return _fail(args, err, None, 1)
+    except FloatingPointError as err:  # NonFiniteLossError: a NaN/inf loss, the last good checkpoint named
+        return _fail(args, err, "non-finite loss", 2)
     except (ConfigError, PromptFormatError) as err:
         return _fail(args, err, getattr(err, "label", "config error"), 2)
     except DataError as err:

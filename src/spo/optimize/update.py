@@ -43,8 +43,10 @@ from spo.optimize.packing import packing_unsupported, plan_micro_batches, warn_f
 from spo.seeds import SALT_UPDATE_SHUFFLE, derive_seed
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf: training stops before the bad step is applied."""
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf: training stops before the bad step is applied.
+    A FloatingPointError, so that `spo` (spo.cli) reports it as bad input, exit 2, without
+    importing torch to name this class."""
 
 
 class UpdateSample(Protocol):
