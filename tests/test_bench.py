@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -208,3 +209,30 @@ def test_bad_bench_configs_name_the_key(override, match):
 def test_a_bad_method_override_names_the_method():
     with pytest.raises(ConfigError, match="spo_tree"):
         load_bench_config(resolve_preset("bench-smoke"), ['bench.methods.spo_tree=["algorithm.tree_branching=[0]"]'])
+
+
+def test_jobs_train_runs_in_worker_processes_and_report_as_one(tmp_path):
+    out = tmp_path / "jobs"
+    args = ["bench", "--config", "bench-smoke", "--output-dir", str(out), "--jobs", "2", "bench.seeds=[0, 1]",
+            "run.max_tokens=100", 'bench.methods={grpo: [algorithm.estimator=grpo], '
+            'spo_chain: [algorithm.estimator=spo_chain, algorithm.mc_samples=2, algorithm.interval=2]}']
+    assert main(args) == 0
+    done = {(m, s): json.loads((out / "runs" / m / f"seed{s}" / DONE_FILE).read_text())
+            for m in ("grpo", "spo_chain") for s in (0, 1)}
+    pids = {d["pid"] for d in done.values()}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # trained by the two workers, not here
+    assert all(d["torch_threads"] == max(1, (os.cpu_count() or 1) // 2) for d in done.values())
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == {"grpo": [0, 1], "spo_chain": [0, 1]}
+    stamps = {k: d["pid"] for k, d in done.items()}
+    assert main(args) == 0  # finished runs are reused, whatever trained them
+    assert {k: json.loads((out / "runs" / k[0] / f"seed{k[1]}" / DONE_FILE).read_text())["pid"]
+            for k in done} == stamps
+
+
+def test_jobs_a_failing_run_fails_the_bench_with_its_error(tmp_path):
+    args = ["bench", "--config", "bench-smoke", "--output-dir", str(tmp_path / "bad"), "--jobs", "2",
+            "bench.seeds=[0, 1]", "run.max_tokens=100",
+            "bench.methods={grpo: [algorithm.estimator=grpo], missing: [model.name_or_path=/nonexistent/model]}"]
+    assert main(args) == 2
+    assert not (tmp_path / "bad" / "runs" / "missing" / "seed0" / DONE_FILE).exists()

@@ -40,12 +40,19 @@ from spo.train.preemption import EXIT_PREEMPTED, Preempted
 # and `--help` answer at once, without loading torch and transformers.
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from spo.commands.bench import load_bench_config, run_bench
 
     cfg = load_bench_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
-    run_bench(cfg, out, only_report=args.report_only)
+    run_bench(cfg, out, only_report=args.report_only, jobs=args.jobs)
     cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
     where = f"{out}/<cell>" if cells else f"{out}"
     print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
@@ -101,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="bench-arith", help="bench preset: a path or a shipped name (bench-arith, ...)")
     p.add_argument("--output-dir", help="results folder (default bench/<preset name>); finished runs there are reused")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs trained at once, each in its own process with cpu_count/jobs threads (default 1)")
     p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")
     p.set_defaults(func=cmd_bench)
 

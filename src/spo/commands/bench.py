@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,21 +165,57 @@ def budget_description(rc: RunConfig) -> str:
     return ", ".join(parts) + " per run (a run stops at the first limit reached)"
 
 
-def _run_one(rc: RunConfig, run_dir: Path) -> None:
+def _run_one(label: str, rc: RunConfig, run_dir: Path) -> None:
     """Train one (method, seed) run: skipped when done, continued when interrupted."""
     if (run_dir / DONE_FILE).is_file():
         log.info("%s: finished earlier, not repeated", run_dir)
         return
+    print(f"[bench] {label}", flush=True)
     t0 = time.perf_counter()
     rc.output_dir = str(run_dir)
     train(rc, resume_dir=AUTO)
     kill_point("bench.done")
-    write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0}))
+    import torch
+
+    write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0, "pid": os.getpid(),
+                                                       "torch_threads": torch.get_num_threads()}))
 
 
-def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list[MethodSummary]:
+def _worker_init(threads: int, log_level: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format=f"%(asctime)s [pid {os.getpid()}] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
+    """Train the (label, config, folder) runs not finished yet. jobs 1: one after another in
+    this process. jobs > 1: in that many worker processes at once, each with
+    cpu_count // jobs torch threads (small models use many cores poorly, so several runs at
+    once finish more runs per hour; a run's numbers then depend on that thread count as
+    float sums do). The first run that fails cancels those not started and is raised."""
+    todo = [r for r in runs if not (r[2] / DONE_FILE).is_file()]
+    if jobs <= 1 or len(todo) <= 1:
+        for label, rc, run_dir in runs:
+            _run_one(label, rc, run_dir)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads, logging.getLogger().getEffectiveLevel()))
+    try:
+        futures = [pool.submit(_run_one, *r) for r in todo]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # raises the first failure
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: int = 1) -> list[MethodSummary]:
     """Train every run not done yet (the lr sweeps first, when set), then write each cell's
-    table and plots, and the map of the cells when the bench has axes."""
+    table and plots, and the map of the cells when the bench has axes. `jobs`: runs trained
+    at once (`run_all`)."""
     with RunLock(out):
         write_text_atomic(out / "bench.json", json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
         b = cfg.bench
@@ -185,21 +224,17 @@ def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False) -> list
         for cell in cells:
             swept = b.lr_sweep.sweep_cell(cell, b.starts) if b.lr_sweep else cell
             if swept.label not in lrs:
-                lrs[swept.label] = run_lr_sweep(cfg, swept, out / swept.label, only_report)
+                lrs[swept.label] = run_lr_sweep(cfg, swept, out / swept.label, only_report, jobs)
             lrs[cell.label] = lrs[swept.label]
             if lrs[cell.label] is not None:  # which lr each method's runs in this cell use, and whence
                 (out / cell.label).mkdir(parents=True, exist_ok=True)
                 write_text_atomic(out / cell.label / "lr_chosen.json",
                                   json.dumps({"swept_in": swept.label, "lr": lrs[cell.label]}, indent=2))
-        if not only_report:
-            for seed in b.seeds:  # seed-major: a partial bench already compares every method in every cell
-                for cell in cells:
-                    for method in b.methods:
-                        where = f"{cell.label}: " if cell.label else ""
-                        log.info("bench: %s%s, seed %d", where, method, seed)
-                        print(f"[bench] {where}{method} seed {seed}", flush=True)
-                        rc = run_config(cfg, method, seed, cell, lr_override(lrs[cell.label], method))
-                        _run_one(rc, out / cell.label / "runs" / method / f"seed{seed}")
+        if not only_report:  # seed-major: a partial bench already compares every method in every cell
+            run_all([(f"{cell.label + ': ' if cell.label else ''}{method} seed {seed}",
+                      run_config(cfg, method, seed, cell, lr_override(lrs[cell.label], method)),
+                      out / cell.label / "runs" / method / f"seed{seed}")
+                     for seed in b.seeds for cell in cells for method in b.methods], jobs)
         summaries = []
         for cell in cells:
             if len(cells) > 1 and not any((out / cell.label / "runs").glob(f"*/seed*/{DONE_FILE}")):
@@ -214,7 +249,7 @@ def lr_override(chosen: dict[str, float] | None, method: str) -> list[str]:
     return [lr_option(chosen[method])] if chosen else []
 
 
-def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool) -> dict[str, float] | None:
+def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool, jobs: int = 1) -> dict[str, float] | None:
     """Each method's lr for `cell`: every lr of the grid on every sweep seed, judged on the
     validation problems (`eval.split=validation`), chosen by `choose_by_mean` (ties: the
     smaller lr). Writes OUT/<cell>/lr_sweep.{md,json}; None without a sweep."""
@@ -222,23 +257,26 @@ def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool) -> 
     sweep = b.lr_sweep
     if sweep is None:
         return None
-    scores: dict[str, dict[float, dict[int, float]]] = {}
     grid = sweep.grid_for(cell)
+
+    def run_dir(method: str, lr: float, seed: int) -> Path:
+        return out / "sweep" / method / f"lr{lr:g}" / f"seed{seed}"
+
+    if not only_report:
+        run_all([(f"{cell.label + ': ' if cell.label else ''}lr sweep {method} lr {lr:g} seed {seed}",
+                  run_config(cfg, method, seed, cell, [lr_option(lr), "eval.split=validation"]),
+                  run_dir(method, lr, seed))
+                 for method in b.methods for lr in grid for seed in sweep.seeds], jobs)
+    scores: dict[str, dict[float, dict[int, float]]] = {}
     for method in b.methods:
         scores[method] = {}
         for lr in grid:
             scores[method][lr] = {}
             for seed in sweep.seeds:
-                run_dir = out / "sweep" / method / f"lr{lr:g}" / f"seed{seed}"
-                if not only_report:
-                    print(f"[bench] {cell.label + ': ' if cell.label else ''}lr sweep {method} lr {lr:g} seed {seed}",
-                          flush=True)
-                    _run_one(run_config(cfg, method, seed, cell, [lr_option(lr), "eval.split=validation"]),
-                             run_dir)
-                if not (run_dir / DONE_FILE).is_file():
+                if not (run_dir(method, lr, seed) / DONE_FILE).is_file():
                     raise FileNotFoundError(f"{run_dir}: lr sweep run not finished; run the bench without "
                                             "--report-only first")
-                curve = learning_curve(read_metrics(run_dir, kind=None), b.metric)
+                curve = learning_curve(read_metrics(run_dir(method, lr, seed), kind=None), b.metric)
                 scores[method][lr][seed] = curve[-1].accuracy
     choices = {m: choose_by_mean(scores[m], grid) for m in b.methods}
     write_text_atomic(out / "lr_sweep.md", lr_sweep_table(choices, grid, b.metric))

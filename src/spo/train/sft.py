@@ -69,9 +69,10 @@ from spo.train.run_dir import RunLock
 
 log = logging.getLogger("spo.sft")
 
-SFT_CACHE_VERSION = 1
+SFT_CACHE_VERSION = 2
 """Part of the cache key: bump it when a change here changes what the same config trains,
-so that stale cached models are not reused."""
+so that stale cached models are not reused. 2: the seed streams' derivation (spo.seeds,
+BLAKE2b) changed the order SFT draws its examples in."""
 METRICS_FILE = "sft_metrics.json"
 CONFIG_FILE = "sft_config.yaml"
 EVAL_FILE = "sft_eval.jsonl"
