@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import assert_same_metrics
 
+import spo.cache
 from spo.cli import main
 from spo.train import checkpoint as ckpt
 from spo.train import run_log
@@ -361,6 +362,7 @@ def test_every_file_is_on_the_disk_before_the_manifest_and_the_rename_after(tmp_
         real(path)
 
     monkeypatch.setattr(ckpt, "fsync_path", record)
+    monkeypatch.setattr(spo.cache, "fsync_path", record)  # write_text_atomic's (`latest`)
     final = ckpt.commit_checkpoint(root, staged, 1, keep=2)
     names = {p.relative_to(staged).as_posix() for p in synced if staged in p.parents}
     assert {"model/model.safetensors", ckpt.STATE_FILE, "model", ckpt.MANIFEST} <= names

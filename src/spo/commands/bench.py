@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spo.algorithms.registry import algorithm_class
+from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
 from spo.config_io import load_sections, to_dict
 from spo.evaluate.bench_design import (
@@ -61,7 +62,6 @@ from spo.evaluate.learning_curves import (
     summarize_method,
 )
 from spo.commands.plot import save_curves
-from spo.train.checkpoint import write_text_atomic
 from spo.train.faults import kill_point
 from spo.train.loop import train
 from spo.train.run_dir import AUTO, RunLock
