@@ -295,17 +295,31 @@ def test_a_failed_start_removes_the_folder_it_created(tmp_path, resume_flag):
     assert [p.name for p in kept.iterdir()] == ["notes"]
 
 
-def test_eval_inspect_plot_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "a.txt").write_text("x")
-    for argv, expected in [(["eval", str(tmp_path / "other")], "neither a run folder"),
-                           (["inspect", str(tmp_path / "other")], "not a run folder"),
-                           (["plot", str(tmp_path / "other")], "not a run folder"),
-                           (["inspect", str(tmp_path / "missing")], "no such folder"),
-                           (["plot", str(tmp_path / "missing")], "no such folder")]:
+def test_eval_inspect_plot_train_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
+    other, missing = tmp_path / "other", tmp_path / "missing"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    for argv, expected in [(["eval", str(other)], "neither a run folder (no config.yaml)"),
+                           (["inspect", str(other)], f"{other}: not a run folder (no config.yaml there)"),
+                           (["plot", str(other)], f"{other}: not a run folder (no metrics.jsonl there)"),
+                           (["train", "--resume", str(other)], f"--resume {other}: not a run folder (no config.yaml"),
+                           (["inspect", str(missing)], f"{missing}: no such folder"),
+                           (["plot", str(missing)], f"{missing}: no such folder"),
+                           (["train", "--resume", str(missing)], f"--resume {missing}: no such folder")]:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
+    assert not missing.exists() and [p.name for p in other.iterdir()] == ["a.txt"]  # nothing made or changed
+
+
+def test_the_api_resuming_a_folder_that_is_no_run_says_so(tmp_path):
+    import spo
+
+    from spo.train.run_dir import RunFolderError
+
+    (tmp_path / "other").mkdir()
+    with pytest.raises(RunFolderError, match="--resume .*other: not a run folder"):
+        spo.train(spo.make_config("smoke"), resume=str(tmp_path / "other"))
 
 
 def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
