@@ -30,6 +30,7 @@ use the lr chosen by the mean (spo.evaluate.bench_design; docs/bench.md, "Third 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -62,6 +63,7 @@ from spo.evaluate.learning_curves import (
     summarize_method,
 )
 from spo.commands.plot import save_curves
+from spo.presets import resolve_preset
 from spo.train.faults import kill_point
 from spo.train.loop import train
 from spo.train.run_dir import AUTO, RunLock
@@ -109,6 +111,16 @@ class BenchOptions:
 class BenchConfig:
     bench: BenchOptions
     run: dict[str, Any]  # validated per method by build_config
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    cfg = load_bench_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
+    run_bench(cfg, out, only_report=args.report_only)
+    cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
+    where = f"{out}/<cell>" if cells else f"{out}"
+    print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
+    return 0
 
 
 def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfig:

@@ -38,6 +38,7 @@ spo.evaluate.credit_report, every advantage in the algorithms.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -68,6 +69,7 @@ from spo.evaluate.ground_truth_cache import (
     states_needed,
     unit_boundaries,
 )
+from spo.presets import resolve_preset
 from spo.seeds import SALT_TRUTH
 from spo.train.progress import Progress
 
@@ -114,6 +116,14 @@ class CreditOptions:
 class CreditConfig:
     credit: CreditOptions
     run: dict[str, Any]  # validated by build_config
+
+
+def cmd_credit(args: argparse.Namespace) -> int:
+    cfg = load_credit_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("credit") / Path(args.config).stem)
+    run_credit(cfg, out)
+    print(f"results: {out}/credit.md, {out}/credit.json, plot: {out}/credit_vs_samples.png")
+    return 0
 
 
 def load_credit_config(path: str | Path, overrides: list[str] = ()) -> CreditConfig:
