@@ -174,6 +174,10 @@ def budget_description(rc: RunConfig) -> str:
     return ", ".join(parts) + " per run (a run stops at the first limit reached)"
 
 
+RERUN = "the same `spo bench` command again (finished runs are reused, the interrupted one continues where it stopped)"
+"""A preempted bench run's advice (spo.train.preemption.Preempted): not `spo train --resume`."""
+
+
 def _run_one(rc: RunConfig, run_dir: Path) -> None:
     """Train one (method, seed) run: skipped when done, continued when interrupted."""
     if (run_dir / DONE_FILE).is_file():
@@ -181,7 +185,7 @@ def _run_one(rc: RunConfig, run_dir: Path) -> None:
         return
     t0 = time.perf_counter()
     rc.output_dir = str(run_dir)
-    train(rc, resume_dir=AUTO)
+    train(rc, resume_dir=AUTO, rerun=RERUN)
     kill_point("bench.done")
     write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0}))
 

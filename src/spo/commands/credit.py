@@ -478,13 +478,14 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
     t_est = time.perf_counter() - t1
     states = states_needed(resp.problem, resp.ids, opts.stride, [e.boundaries for e in estimates if e.boundaries is not None],
                            [e.trees for e in estimates])
+    cache_file = ground_truth_file(setup.model, setup.cfg, opts.ground_truth_samples) if opts.cache else None
     gt = ground_truth(setup.ctx.engine, setup.prompts, setup.score, states, num_samples=opts.ground_truth_samples,
                       params=setup.ctx.sampling_params(0, SALT_TRUTH), budget=setup.cfg.sampling.max_new_tokens,
-                      chunk_size=opts.chunk_size,
-                      cache_file=ground_truth_file(setup.model, setup.cfg, opts.ground_truth_samples) if opts.cache else None)
+                      chunk_size=opts.chunk_size, cache_file=cache_file)
     rows = [score_estimate(e, gt, resp, opts, len(setup.prompts)) for e in estimates]
     wrong = [r < 1.0 for r in resp.rewards]
-    token_level = {e.label: token_units(e, gt, resp, opts.stride) for e in estimates if e.token_advantages is not None}
+    token_level = {e.label: token_units(e, gt, resp, opts.stride)
+                   for e in estimates if e.token_advantages is not None}
     intervals = paired_intervals(token_level if opts.bootstrap else {}, {e.label: e.estimator for e in estimates},
                                  resp.problem, wrong, resamples=opts.bootstrap, seed=opts.bootstrap_seed, z=opts.z)
     wall = time.perf_counter() - t0

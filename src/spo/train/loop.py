@@ -261,11 +261,12 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume_dir: str | None = None, task: Task | None = None,
-          allow_config_change: bool = False) -> Path:
+          allow_config_change: bool = False, rerun: str | None = None) -> Path:
     """Run or resume training; returns the run folder. `resume_dir`: None (a new run), a run
     folder, or "auto" (spo.train.run_dir). `task`: instead of cfg.task's. A config that changes
-    results is not resumed unless `allow_config_change` (spo.train.resume_check)."""
-    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace) as preemption, \
+    results is not resumed unless `allow_config_change` (spo.train.resume_check). `rerun`: what
+    a preempted run's message advises running to continue (None: `spo train --resume`)."""
+    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace, rerun) as preemption, \
             peer_failures_reported(run_dir, cfg.collective_timeout, lambda: ckpt.latest_checkpoint(run_dir, hashes=False)):
         changes = check_resume_config(run_dir, cfg, allow_config_change) if resuming else {}
         trainer = Trainer(cfg, run_dir, resume=resuming, task=task)
