@@ -88,3 +88,31 @@ def test_make_config_takes_dicts_lists_and_dataclasses():
 def test_the_pure_pieces_are_public():
     assert spo.fixed_boundaries(10, 4) == [0, 4, 8, 10]
     assert "spo_chain" in spo.available_estimators() and callable(spo.get_estimator("grpo"))
+
+
+def test_reward_errors_are_counted_per_iteration_with_a_running_total(tmp_path, dataset):
+    rows, _ = dataset
+    calls, failed = [], []
+
+    def reward(prompt, response, problem, finish_reason):  # every third call fails (scored 0, counted)
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            failed.append(len(calls))
+            raise ValueError("a broken reward")
+        return 0.5
+
+    def expected(lines):  # failures among each training line's own calls (one per response)
+        ends = [sum(r["episodes"] for r in lines[:i + 1]) for i in range(len(lines))]
+        return [sum(start < c <= end for c in failed) for start, end in zip([0] + ends, ends)]
+
+    options = {"iterations": 2, "eval.at_end": False, "sampling.max_new_tokens": 8, "task.name": "dataset",
+               "task.options": {"path": str(rows), "prompt": "Add {a} and {b}.", "eval_size": 4,
+                                "reward_isolation": "inprocess"}}
+    run_dir = spo.train(spo.make_config("smoke", options), reward=reward, output_dir=tmp_path / "run")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward_errors"] for r in lines] == expected(lines) == [5, 5]  # 16 calls each: 3, 6, ..., 15; 18, ..., 30
+    assert [r["reward_errors_cumulative"] for r in lines] == [5, 10]
+    spo.train(spo.make_config("smoke", {**options, "iterations": 3}), reward=reward, resume=run_dir)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward_errors"] for r in lines] == expected(lines) == [5, 5, 6]  # 33, ..., 48
+    assert [r["reward_errors_cumulative"] for r in lines] == [5, 10, 16]  # the total goes on across the resume

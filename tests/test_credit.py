@@ -176,9 +176,9 @@ def test_correlation_ceiling_matches_a_simulated_noisy_ground_truth():
 def test_spo_credit_smoke_end_to_end(tmp_path, monkeypatch):
     from spo.cli import main
 
-    import spo.commands.credit
+    from spo.evaluate import ground_truth_cache
 
-    monkeypatch.setattr(spo.commands.credit, "cache_dir", lambda: tmp_path / "cache")  # the model cache stays shared
+    monkeypatch.setattr(ground_truth_cache, "cache_dir", lambda: tmp_path / "cache")  # the model cache stays shared
     out = tmp_path / "out"
     assert main(["credit", "--config", "credit-smoke", "--output-dir", str(out), "credit.cache=true"]) == 0
     result = json.loads((out / "credit.json").read_text())

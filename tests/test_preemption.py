@@ -21,6 +21,7 @@ import torch
 from conftest import assert_same_metrics
 from safetensors.torch import load_file
 
+from spo.commands.bench import DONE_FILE
 from spo.train import checkpoint as ckpt
 from spo.train.preemption import EXIT_GRACE_EXPIRED, EXIT_PREEMPTED
 from spo.train.run_log import read_metrics
@@ -218,3 +219,70 @@ def test_a_lost_peer_anywhere_in_the_run_is_one_clear_error(monkeypatch, tmp_pat
     with pytest.raises(RuntimeError, match="Connection closed"):  # one process: no peers
         with peer_failures_reported(tmp_path, 900, lambda: None):
             raise RuntimeError("Connection closed by peer")
+
+
+def test_the_advice_of_a_preempted_run_depends_on_its_caller(tmp_path):
+    from spo.train.preemption import Preempted
+
+    stopped = Preempted(tmp_path, 3, "SIGTERM", tmp_path / "checkpoints" / "iter_000003")
+    assert f"resume with `spo train --resume {tmp_path}`" in str(stopped)
+    assert "--resume auto" in str(Preempted(tmp_path, 0, "SIGTERM", None))
+    bench = Preempted(tmp_path, 3, "SIGTERM", tmp_path / "checkpoints" / "iter_000003", rerun="`spo bench` again")
+    assert str(bench).endswith("after iteration 3, checkpoint "
+                               f"{tmp_path / 'checkpoints' / 'iter_000003'}; to continue, run `spo bench` again")
+
+
+SIGTERM_AFTER_THE_FIRST_ITERATION = textwrap.dedent("""
+    import os, signal, sys
+    from spo.train import loop
+    step = loop.Trainer.step
+    def step_then_sigterm(self, it, progress):
+        record = step(self, it, progress)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's preemption, mid-run
+        return record
+    loop.Trainer.step = step_then_sigterm
+    from spo.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_preempted_bench_advises_the_same_bench_command_and_that_command_finishes(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--config", "bench-smoke", "--output-dir", str(out), "bench.seeds=[0]",
+            "bench.methods={grpo: [algorithm.estimator=grpo]}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stopped = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_THE_FIRST_ITERATION, *args], capture_output=True,
+                             text=True, timeout=300, env=env)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
+    assert "to continue, run the same `spo bench` command again" in stopped.stderr, stopped.stderr[-3000:]
+    assert "spo train --resume" not in stopped.stderr
+    run = out / "runs" / "grpo" / "seed0"
+    assert [r["iteration"] for r in read_metrics(run)] == [1]
+    again = subprocess.run([sys.executable, "-m", "spo.cli", *args], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2]  # continued from iteration 1, not restarted
+
+
+def test_a_sigterm_to_a_bench_with_jobs_reaches_its_workers_and_the_same_command_finishes(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--config", "bench-smoke", "--output-dir", str(out), "--jobs", "2", "bench.seeds=[0]",
+            "run.iterations=40", "bench.methods={grpo: [algorithm.estimator=grpo], rloo: [algorithm.estimator=rloo]}"]
+    runs = [out / "runs" / m / "seed0" for m in ("grpo", "rloo")]
+    proc = subprocess.Popen([sys.executable, "-m", "spo.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not all(read_metrics(r) for r in runs if (r / "metrics.jsonl").is_file()) or \
+            not all((r / "metrics.jsonl").is_file() for r in runs):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # to the bench's own process only, as `kill PID` does
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "to continue, run the same `spo bench` command again" in err, err[-3000:]
+    stopped_at = {r: [m["iteration"] for m in read_metrics(r)] for r in runs}
+    assert all(its and its[-1] < 40 and not (r / DONE_FILE).exists() for r, its in stopped_at.items())
+    again = subprocess.run([sys.executable, "-m", "spo.cli", *args], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for r, its in stopped_at.items():  # continued from the checkpoint each run stopped at, not restarted
+        assert [m["iteration"] for m in read_metrics(r)] == list(range(1, 41)) and (r / DONE_FILE).is_file()

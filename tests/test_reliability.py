@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import assert_same_metrics
 
+import spo.cache
 from spo.cli import main
 from spo.train import checkpoint as ckpt
 from spo.train import run_log
@@ -294,17 +295,31 @@ def test_a_failed_start_removes_the_folder_it_created(tmp_path, resume_flag):
     assert [p.name for p in kept.iterdir()] == ["notes"]
 
 
-def test_eval_inspect_plot_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "a.txt").write_text("x")
-    for argv, expected in [(["eval", str(tmp_path / "other")], "neither a run folder"),
-                           (["inspect", str(tmp_path / "other")], "not a run folder"),
-                           (["plot", str(tmp_path / "other")], "not a run folder"),
-                           (["inspect", str(tmp_path / "missing")], "no such folder"),
-                           (["plot", str(tmp_path / "missing")], "no such folder")]:
+def test_eval_inspect_plot_train_on_a_folder_that_is_no_run_say_so(tmp_path, capsys):
+    other, missing = tmp_path / "other", tmp_path / "missing"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    for argv, expected in [(["eval", str(other)], "neither a run folder (no config.yaml)"),
+                           (["inspect", str(other)], f"{other}: not a run folder (no config.yaml there)"),
+                           (["plot", str(other)], f"{other}: not a run folder (no metrics.jsonl there)"),
+                           (["train", "--resume", str(other)], f"--resume {other}: not a run folder (no config.yaml"),
+                           (["inspect", str(missing)], f"{missing}: no such folder"),
+                           (["plot", str(missing)], f"{missing}: no such folder"),
+                           (["train", "--resume", str(missing)], f"--resume {missing}: no such folder")]:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
+    assert not missing.exists() and [p.name for p in other.iterdir()] == ["a.txt"]  # nothing made or changed
+
+
+def test_the_api_resuming_a_folder_that_is_no_run_says_so(tmp_path):
+    import spo
+
+    from spo.train.run_dir import RunFolderError
+
+    (tmp_path / "other").mkdir()
+    with pytest.raises(RunFolderError, match="--resume .*other: not a run folder"):
+        spo.train(spo.make_config("smoke"), resume=str(tmp_path / "other"))
 
 
 def test_a_hub_id_without_network_fails_in_seconds(monkeypatch, tmp_path):
@@ -361,6 +376,7 @@ def test_every_file_is_on_the_disk_before_the_manifest_and_the_rename_after(tmp_
         real(path)
 
     monkeypatch.setattr(ckpt, "fsync_path", record)
+    monkeypatch.setattr(spo.cache, "fsync_path", record)  # write_text_atomic's (`latest`)
     final = ckpt.commit_checkpoint(root, staged, 1, keep=2)
     names = {p.relative_to(staged).as_posix() for p in synced if staged in p.parents}
     assert {"model/model.safetensors", ckpt.STATE_FILE, "model", ckpt.MANIFEST} <= names

@@ -118,18 +118,20 @@ def evaluate(model: str | Path, config: RunConfig | str | Path | None = None, ov
     from spo.evaluate.evaluator import evaluation_params, summarize
     from spo.sample.factory import build_engine
     from spo.train.checkpoint import latest_checkpoint
+    from spo.train.run_dir import CONFIG_FILE
     from spo.train.sft import load_model_and_tokenizer
 
     model_path, run_cfg = str(model), None
     folder = Path(model_path)
-    if folder.is_dir() and not any((folder / f).is_file() for f in ("config.yaml", "config.json", "adapter_config.json")):
-        raise ConfigError(f"{folder}: neither a run folder (no config.yaml) nor a model folder (no config.json); "
+    if folder.is_dir() and not any((folder / f).is_file() for f in (CONFIG_FILE, "config.json", "adapter_config.json")):
+        # either kind of folder will do, so this is not require_run_folder's check
+        raise ConfigError(f"{folder}: neither a run folder (no {CONFIG_FILE}) nor a model folder (no config.json); "
                           "give a run folder, a Hugging Face model folder, a hub id or an alias")
-    if Path(model_path, "config.yaml").is_file():  # a run folder: its latest checkpoint and its config
+    if (folder / CONFIG_FILE).is_file():  # a run folder: its latest checkpoint and its config
         ck = latest_checkpoint(model_path)
         if ck is None:
             raise ConfigError(f"{model_path}: run folder has no complete checkpoint")
-        run_cfg = load_yaml(Path(model_path, "config.yaml"))
+        run_cfg = load_yaml(folder / CONFIG_FILE)
         model_path = str(ck / "model")
     if isinstance(config, RunConfig):
         cfg = make_config(None, overrides, base=config)

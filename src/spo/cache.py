@@ -1,5 +1,6 @@
-"""Where spo caches what it builds (converted models, tiny models, SFT models), and how a
-folder is published there atomically.
+"""Where spo caches what it builds (converted models, tiny models, SFT models), how a
+folder is published there atomically, and how a file is replaced atomically and durably
+(`write_text_atomic`, used by checkpoints, run folders and reports alike).
 
 A leaf module (no spo imports) so that `spo.models`, `spo.tiny_models` and
 `spo.train.sft` can all use it without importing one another.
@@ -46,3 +47,26 @@ def _atomic_publish(tmp: Path, final: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)  # someone else finished first
         else:
             raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` atomically and durably (the data on the disk before the
+    rename, the rename on the disk before returning)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (new names, renames), to the disk: a rename
+    is atomic, but without fsync a power loss may persist the rename and not the data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

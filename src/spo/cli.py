@@ -20,9 +20,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import errno
+import importlib
 import logging
 import sys
-from pathlib import Path
+from typing import Callable
 
 from spo.commands.eval import cmd_eval
 from spo.commands.inspect import add_inspect_commands
@@ -30,14 +31,15 @@ from spo.commands.options import cmd_options
 from spo.commands.sft import cmd_sft
 from spo.commands.train import cmd_train
 from spo.config import ConfigError
-from spo.presets import resolve_preset
 from spo.tasks.problems import DataError
 from spo.tasks.prompts import PromptFormatError
 from spo.train.faults import DiskFullError, PeerFailedError
 from spo.train.preemption import EXIT_PREEMPTED, Preempted
 
-# Each command (spo.commands) imports the stages it runs when it runs, so that `spo options`
-# and `--help` answer at once, without loading torch and transformers.
+# Each command (spo.commands) imports the stages it runs when it runs, and the commands whose
+# modules import them at their top are themselves imported when they run (`lazy`), so that
+# `spo options` and `--help` answer at once, without loading torch and transformers
+# (tests/test_cli.py checks it).
 
 
 def _positive_int(text: str) -> int:
@@ -47,26 +49,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from spo.commands.bench import load_bench_config, run_bench
+def lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command `name` of `module`, imported only when it runs (for commands whose module
+    imports torch at its top: `spo bench`, `spo credit`)."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(args)
 
-    cfg = load_bench_config(resolve_preset(args.config), args.overrides)
-    out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
-    run_bench(cfg, out, only_report=args.report_only, jobs=args.jobs)
-    cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
-    where = f"{out}/<cell>" if cells else f"{out}"
-    print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
-    return 0
-
-
-def cmd_credit(args: argparse.Namespace) -> int:
-    from spo.commands.credit import load_credit_config, run_credit
-
-    cfg = load_credit_config(resolve_preset(args.config), args.overrides)
-    out = Path(args.output_dir or Path("credit") / Path(args.config).stem)
-    run_credit(cfg, out)
-    print(f"results: {out}/credit.md, {out}/credit.json, plot: {out}/credit_vs_samples.png")
-    return 0
+    run.__module__, run.__name__, run.__qualname__ = module, name, name  # where the command lives
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="runs trained at once, each in its own process with cpu_count/jobs threads (default 1)")
     p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=lazy("spo.commands.bench", "cmd_bench"))
 
     p = sub.add_parser("credit", help="credit-assignment accuracy of the estimators against Monte-Carlo ground truth "
                                       "on a frozen policy (table + plot)")
     p.add_argument("--config", default="credit-arith", help="credit preset: a path or a shipped name (credit-arith, ...)")
     p.add_argument("--output-dir", help="results folder (default credit/<preset name>)")
     p.add_argument("overrides", nargs="*", help="credit.key=value or run.section.key=value overrides")
-    p.set_defaults(func=cmd_credit)
+    p.set_defaults(func=lazy("spo.commands.credit", "cmd_credit"))
 
     add_inspect_commands(sub)  # spo inspect, spo plot
 

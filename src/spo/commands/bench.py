@@ -30,17 +30,24 @@ use the lr chosen by the mean (spo.evaluate.bench_design; docs/bench.md, "Third 
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spo.algorithms.registry import algorithm_class
+from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
 from spo.config_io import load_sections, to_dict
 from spo.evaluate.bench_design import (
@@ -64,9 +71,10 @@ from spo.evaluate.learning_curves import (
     summarize_method,
 )
 from spo.commands.plot import save_curves
-from spo.train.checkpoint import write_text_atomic
-from spo.train.faults import kill_point
+from spo.presets import resolve_preset
+from spo.train.faults import PeerFailedError, kill_point
 from spo.train.loop import train
+from spo.train.preemption import Preempted
 from spo.train.run_dir import AUTO, RunLock
 from spo.train.run_log import read_metrics
 
@@ -112,6 +120,16 @@ class BenchOptions:
 class BenchConfig:
     bench: BenchOptions
     run: dict[str, Any]  # validated per method by build_config
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    cfg = load_bench_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
+    run_bench(cfg, out, only_report=args.report_only, jobs=args.jobs)
+    cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
+    where = f"{out}/<cell>" if cells else f"{out}"
+    print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
+    return 0
 
 
 def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
@@ -165,6 +183,10 @@ def budget_description(rc: RunConfig) -> str:
     return ", ".join(parts) + " per run (a run stops at the first limit reached)"
 
 
+RERUN = "the same `spo bench` command again (finished runs are reused, the interrupted one continues where it stopped)"
+"""A preempted bench run's advice (spo.train.preemption.Preempted): not `spo train --resume`."""
+
+
 def _run_one(label: str, rc: RunConfig, run_dir: Path) -> None:
     """Train one (method, seed) run: skipped when done, continued when interrupted."""
     if (run_dir / DONE_FILE).is_file():
@@ -173,12 +195,15 @@ def _run_one(label: str, rc: RunConfig, run_dir: Path) -> None:
     print(f"[bench] {label}", flush=True)
     t0 = time.perf_counter()
     rc.output_dir = str(run_dir)
-    train(rc, resume_dir=AUTO)
+    train(rc, resume_dir=AUTO, rerun=RERUN)
     kill_point("bench.done")
     import torch
 
     write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0, "pid": os.getpid(),
                                                        "torch_threads": torch.get_num_threads()}))
+
+
+_STOPPED_IN_THIS_WORKER = False  # a worker whose run was preempted starts no further run
 
 
 def _worker_init(threads: int, log_level: int) -> None:
@@ -187,6 +212,19 @@ def _worker_init(threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format=f"%(asctime)s [pid {os.getpid()}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if sys.platform.startswith("linux"):  # the bench process gone (even kill -9): preempt, as on its SIGTERM
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_in_worker(label: str, rc: RunConfig, run_dir: Path) -> None:
+    global _STOPPED_IN_THIS_WORKER
+    if _STOPPED_IN_THIS_WORKER:
+        return
+    try:
+        _run_one(label, rc, run_dir)
+    except Preempted:
+        _STOPPED_IN_THIS_WORKER = True
+        raise
 
 
 def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
@@ -194,7 +232,9 @@ def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
     this process. jobs > 1: in that many worker processes at once, each with
     cpu_count // jobs torch threads (small models use many cores poorly, so several runs at
     once finish more runs per hour; a run's numbers then depend on that thread count as
-    float sums do). The first run that fails cancels those not started and is raised."""
+    float sums do). The first run that fails cancels those not started and is raised.
+    SIGTERM and SIGUSR1 sent to the bench are passed on to its workers, whose runs checkpoint
+    and stop (spo.train.preemption); a Ctrl-C reaches them from the terminal."""
     todo = [r for r in runs if not (r[2] / DONE_FILE).is_file()]
     if jobs <= 1 or len(todo) <= 1:
         for label, rc, run_dir in runs:
@@ -203,13 +243,29 @@ def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                initargs=(threads, logging.getLogger().getEffectiveLevel()))
+    stop: list[str] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        stop.append(signal.Signals(signum).name)
+        if signum != signal.SIGINT:  # a terminal's Ctrl-C already reached the whole process group
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
-        futures = [pool.submit(_run_one, *r) for r in todo]
+        futures = [pool.submit(_run_in_worker, *r) for r in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in done:
-            future.result()  # raises the first failure
+            future.result()  # raises the first failure (Preempted included)
+    except BrokenProcessPool:
+        after = f"after {stop[0]}, its preempt_grace ran out" if stop else "killed? out of memory?"
+        raise PeerFailedError(f"a spo bench worker process died ({after}); finished runs and every run's last good "
+                              f"checkpoint are kept: to continue, run {RERUN}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: int = 1) -> list[MethodSummary]:

@@ -22,24 +22,25 @@ Steps, all on the frozen policy `run.model`:
                  at every `stride`-th token boundary of every response, at every
                  estimator's segment boundary, and at every tree node's end; cached in
                  $SPO_CACHE_DIR/credit/ under a key of the model's weights and the task
-                 and sampling settings, so a re-run pays only for states it lacks;
+                 and sampling settings, so a re-run pays only for states it lacks
+                 (`spo.evaluate.ground_truth_cache`);
   4. metrics     `spo.evaluate.credit` per setting: token level (each estimator's
                  advantage of a token against A*_t) and segment level (its own segments
                  or tree edges against V*(end) - V*(start));
-  5. report      OUT/credit.md, OUT/credit.json, OUT/credit_vs_samples.png.
+  5. report      OUT/credit.md, OUT/credit.json, OUT/credit_vs_samples.png
+                 (`spo.evaluate.credit_report`).
 
-Why one ~700-line module: the study's five steps share its dataclasses (Setup, Responses,
-Estimate, GroundTruth, Row) and nothing else uses them; what others use lives elsewhere
-(the pure metrics in spo.evaluate.credit, ground-truth values in spo.evaluate.ground_truth,
-every advantage in the algorithms).
+The command keeps the config, the frozen policy's setup, the estimators and the scoring;
+the pure metrics are in spo.evaluate.credit, the ground truth and its cache in
+spo.evaluate.ground_truth and spo.evaluate.ground_truth_cache, the report in
+spo.evaluate.credit_report, every advantage in the algorithms.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,22 +52,26 @@ import torch
 from spo.algorithms.base import Context, Response, Timer, score_responses
 from spo.algorithms.base import sample_responses as base_sample_responses
 from spo.algorithms.registry import algorithm_class
-from spo.cache import cache_dir
+from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
 from spo.config_io import load_sections, to_dict
 from spo.evaluate.credit import (
     CreditMetrics,
-    bootstrap_differences,
     credit_metrics,
     true_advantages,
     unit_estimates,
 )
-from spo.evaluate.ground_truth import PrefixValue, prefix_values
+from spo.evaluate.credit_report import paired_intervals, plot_credit, report_markdown
+from spo.evaluate.ground_truth_cache import (
+    GroundTruth,
+    ground_truth,
+    ground_truth_file,
+    states_needed,
+    unit_boundaries,
+)
+from spo.presets import resolve_preset
 from spo.seeds import SALT_TRUTH
-from spo.train.checkpoint import write_text_atomic
 from spo.train.progress import Progress
-
-log = logging.getLogger("spo.credit")
 
 OUTCOME = ("grpo", "rloo", "reinforce")
 CHAIN = ("spo_chain", "vineppo")
@@ -111,6 +116,14 @@ class CreditOptions:
 class CreditConfig:
     credit: CreditOptions
     run: dict[str, Any]  # validated by build_config
+
+
+def cmd_credit(args: argparse.Namespace) -> int:
+    cfg = load_credit_config(resolve_preset(args.config), args.overrides)
+    out = Path(args.output_dir or Path("credit") / Path(args.config).stem)
+    run_credit(cfg, out)
+    print(f"results: {out}/credit.md, {out}/credit.json, plot: {out}/credit_vs_samples.png")
+    return 0
 
 
 def load_credit_config(path: str | Path, overrides: list[str] = ()) -> CreditConfig:
@@ -347,116 +360,6 @@ def trained_critic(setup: Setup, rc: RunConfig) -> tuple[Any, int, int]:
     return setup.critics[key]
 
 
-# ---------------------------------------------------------------------------------------
-# Ground truth.
-
-State = tuple[int, tuple[int, ...]]  # (problem index, response prefix)
-
-
-def _state_key(setup: Setup, state: State) -> str:
-    p, prefix = state
-    text = f"{len(prefix)}:" + ",".join(map(str, setup.prompts[p] + list(prefix)))
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def ground_truth_key(setup: Setup, k: int) -> str:
-    """Cache key: the model's weights, the tokenizer, the task's prompts and grading, the
-    sampling settings, and K."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(setup.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
-    rc = setup.cfg
-    meta = {"weights": h.hexdigest(), "tokenizer": rc.model.tokenizer or rc.model.name_or_path,
-            "task": to_dict(rc.task), "sampling": {k_: getattr(rc.sampling, k_) for k_ in
-                                                   ("max_new_tokens", "temperature", "top_p", "top_k", "stop")},
-            "k": k}
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-@dataclass
-class GroundTruth:
-    values: dict[State, PrefixValue]
-    states: int  # states needed
-    computed: int  # of which sampled now (the rest from the cache)
-    samples: int  # continuations sampled now
-    tokens: int
-    seconds: float
-    cache_file: str | None
-
-    def value(self, state: State) -> PrefixValue:
-        return self.values[state]
-
-
-def ground_truth(setup: Setup, opts: CreditOptions, states: list[State]) -> GroundTruth:
-    t0 = time.perf_counter()
-    key = ground_truth_key(setup, opts.ground_truth_samples)
-    path = cache_dir() / "credit" / f"{key}.json"
-    cached: dict[str, list[float]] = {}
-    if opts.cache and path.is_file():
-        try:
-            cached = json.loads(path.read_text())["states"]
-        except (ValueError, KeyError, OSError):
-            log.warning("%s: unreadable ground-truth cache, starting afresh", path)
-    values: dict[State, PrefixValue] = {}
-    missing: list[State] = []
-    for s in states:
-        hit = cached.get(_state_key(setup, s))
-        if hit is not None:
-            values[s] = PrefixValue(hit[0], hit[1], int(hit[2]))
-        else:
-            missing.append(s)
-    budget = setup.cfg.sampling.max_new_tokens
-    done = {"tokens": 0, "states": 0}
-
-    def on_chunk(idx: list[int], vals: list[PrefixValue], tokens: int) -> None:
-        for i, v in zip(idx, vals):
-            values[missing[i]] = v
-            cached[_state_key(setup, missing[i])] = [v.mean, v.se, v.samples]
-        done["tokens"] += tokens
-        done["states"] += len(idx)
-        print(f"[credit] ground truth: {done['states']}/{len(missing)} states, {time.perf_counter() - t0:.0f} s",
-              flush=True)
-        if opts.cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, json.dumps({"k": opts.ground_truth_samples, "states": cached}))
-
-    if missing:
-        def score(owners: list[int], conts: list[list[int]], truncated: list[bool]) -> list[float]:
-            return setup.score([missing[i][0] for i in owners], [list(missing[i][1]) + c for i, c in zip(owners, conts)],
-                               truncated)
-
-        prefix_values(setup.ctx.engine, [setup.prompts[p] + list(prefix) for p, prefix in missing],
-                      [budget - len(prefix) for _, prefix in missing], score, num_samples=opts.ground_truth_samples,
-                      params=setup.ctx.sampling_params(0, SALT_TRUTH), chunk_size=opts.chunk_size,
-                      on_chunk=on_chunk)
-    return GroundTruth(values, len(states), len(missing), len(missing) * opts.ground_truth_samples, done["tokens"],
-                       time.perf_counter() - t0, str(path) if opts.cache else None)
-
-
-def unit_boundaries(length: int, stride: int) -> list[int]:
-    return sorted(set(range(0, length, stride)) | {length})
-
-
-def states_needed(resp: Responses, estimates: list[Estimate], stride: int) -> list[State]:
-    """Every prefix whose V* some metric needs (ends of responses and leaves are rewards)."""
-    seen: dict[State, None] = {}
-    for i, ids in enumerate(resp.ids):
-        points = set(unit_boundaries(len(ids), stride))
-        for e in estimates:
-            if e.boundaries is not None:
-                points |= set(e.boundaries[i])
-        for t in sorted(points):
-            if t < len(ids):
-                seen[(resp.problem[i], tuple(ids[:t]))] = None
-    for e in estimates:
-        for pi, tree in enumerate(e.trees):
-            for n in tree.nodes:
-                if not n.leaf:
-                    seen[(pi, tuple(tree.prefix(n.id)))] = None
-    return list(seen)
-
-
 def response_details(setup: Setup, resp: Responses, gt: GroundTruth, stride: int) -> list[dict[str, Any]]:
     """Every response with its ground truth: text, reward, V* and SE at its scored boundaries."""
     out = []
@@ -573,9 +476,18 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
         estimates.append(run_estimator(setup, setting_config(cfg, label), label, index, resp))
         print(f"[credit] {label}: {estimates[-1].samples} samples, {estimates[-1].tokens} tokens", flush=True)
     t_est = time.perf_counter() - t1
-    gt = ground_truth(setup, opts, states_needed(resp, estimates, opts.stride))
+    states = states_needed(resp.problem, resp.ids, opts.stride, [e.boundaries for e in estimates if e.boundaries is not None],
+                           [e.trees for e in estimates])
+    cache_file = ground_truth_file(setup.model, setup.cfg, opts.ground_truth_samples) if opts.cache else None
+    gt = ground_truth(setup.ctx.engine, setup.prompts, setup.score, states, num_samples=opts.ground_truth_samples,
+                      params=setup.ctx.sampling_params(0, SALT_TRUTH), budget=setup.cfg.sampling.max_new_tokens,
+                      chunk_size=opts.chunk_size, cache_file=cache_file)
     rows = [score_estimate(e, gt, resp, opts, len(setup.prompts)) for e in estimates]
-    intervals = paired_intervals(estimates, gt, resp, opts)
+    wrong = [r < 1.0 for r in resp.rewards]
+    token_level = {e.label: token_units(e, gt, resp, opts.stride)
+                   for e in estimates if e.token_advantages is not None}
+    intervals = paired_intervals(token_level if opts.bootstrap else {}, {e.label: e.estimator for e in estimates},
+                                 resp.problem, wrong, resamples=opts.bootstrap, seed=opts.bootstrap_seed, z=opts.z)
     wall = time.perf_counter() - t0
     result = {
         "config": {"credit": to_dict(opts), "run": cfg.run},
@@ -600,107 +512,3 @@ def run_credit(cfg: CreditConfig, out: Path) -> dict[str, Any]:
     return result
 
 
-def _f(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def paired_intervals(estimates: list[Estimate], gt: GroundTruth, resp: Responses,
-                     opts: CreditOptions) -> dict[str, Any] | None:
-    """Paired bootstrap over prompts of the token-level metrics and their differences to the
-    first GRPO setting (else the first token-level one); None when `credit.bootstrap` is 0."""
-    token_level = [e for e in estimates if e.token_advantages is not None]
-    if not opts.bootstrap or not token_level:
-        return None
-    baseline = next((e for e in token_level if e.estimator == "grpo"), token_level[0]).label
-    rows = {e.label: token_units(e, gt, resp, opts.stride) for e in token_level}
-    _, true, se = rows[baseline]
-    out = bootstrap_differences({label: est for label, (est, _, _) in rows.items()}, true, se, resp.problem,
-                                [r < 1.0 for r in resp.rewards], baseline=baseline, resamples=opts.bootstrap,
-                                seed=opts.bootstrap_seed, z=opts.z)
-    return {"baseline": baseline, "resamples": opts.bootstrap, "level": 0.95, "intervals": out}
-
-
-def report_markdown(result: dict[str, Any]) -> str:
-    gt = result["ground_truth"]
-    head = (f"{result['prompts']} prompts x {result['responses'] // result['prompts']} responses "
-            f"(accuracy {result['accuracy']:.3f}, {result['wrong_responses']} wrong), {result['response_tokens']} "
-            f"response tokens. Ground truth: K = {gt['k']} continuations at {gt['states']} states (stride {gt['stride']}; "
-            f"{gt['states_sampled_now']} sampled now, {gt['seconds']:.0f} s). Wall time {result['seconds']['wall']:.0f} s.\n\n")
-    cols = ("setting", "estimator", "settings", "samples/prompt", "tokens", "continuations", "value MSE (bias)", "token r", "token r ceiling", "token sign", "token MSE",
-            "blame hit", "blame chance", "blame covers (share)", "segment r", "segment sign", "segment MSE", "segments")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in result["rows"]:
-        t, s = r["token"] or {}, r["segment"]
-        lines.append("| " + " | ".join([
-            r["label"], r["estimator"], r["settings"], f"{r['samples_per_prompt']:.1f}", f"{r['tokens']:,}",
-            f"{r.get('continuations', 0):,}",
-            "-" if r.get("value_mse") is None else f"{r['value_mse']:.4f} ({r['value_bias']:+.4f})",
-            _f(t.get("pearson")), _f(t.get("ceiling")), _f(t.get("sign_agreement")), _f(t.get("mse"), 4),
-            _f(t.get("blame_hit")) + (f" ({t['blame_responses']})" if t else ""), _f(t.get("blame_chance")),
-            _f(t.get("blame_covers"), 2) + (f" ({_f(t.get('blame_share'), 2)})" if t else ""),
-            _f(s["pearson"]), _f(s["sign_agreement"]), _f(s["mse"], 4), str(s["units"]),
-        ]) + " |")
-    notes = ("\n\ncontinuations: MC continuations drawn for the values (SPO-chain, VinePPO); value MSE (bias): "
-             "their values V(t_k) at interior boundaries against V*(t_k), mean squared error and mean error. "
-             "token r / sign / MSE: each token's advantage against A*_t = V*(after) - V*(before) over all tokens "
-             "(ceiling: the r that exact advantages would reach against this noisy A*) "
-             "(sign: tokens with |A*| > z SE, a 0 estimate counting 1/2); blame hit: share of wrong responses (with a "
-             "clear drop; their count in brackets) whose most negative advantage is on the token where V* drops most, "
-             "ties shared; chance: the same for a uniformly random token; covers: share of them whose most negative "
-             "tokens include that token at all (share: mean fraction of the response among its most negative tokens); segment: each estimator's own segments "
-             "(GRPO/RLOO: the whole response, against r - V*(prompt); SPO-tree: its edges) against V*(end) - V*(start).")
-    boot = result.get("bootstrap")
-    if boot:
-        base = boot["baseline"]
-        lines2 = ["", "", f"Paired bootstrap over prompts ({boot['resamples']} resamples, 95% intervals): each metric and "
-                  f"its difference to {base} on the same resampled prompts.", "",
-                  f"| setting | token r | token r - {base} | token sign | token sign - {base} | blame hit | "
-                  f"blame hit - {base} |", "|---|---|---|---|---|---|---|"]
-        for label, iv in boot["intervals"].items():
-            cells = [_iv(iv[k]) for k in ("pearson", "pearson_minus_baseline", "sign_agreement",
-                                          "sign_agreement_minus_baseline", "blame_hit", "blame_hit_minus_baseline")]
-            lines2.append(f"| {label} | " + " | ".join(cells) + " |")
-        notes += "\n".join(lines2)
-    return head + "\n".join(lines) + notes + "\n"
-
-
-def _iv(x: list[float] | tuple[float, float] | None) -> str:
-    return "-" if x is None else f"[{x[0]:+.3f}, {x[1]:+.3f}]"
-
-
-def plot_credit(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Token- and segment-level correlation with A* against samples spent per prompt."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    families = list(dict.fromkeys(r["estimator"] for r in rows))
-    colors = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
-    for ax, level, title in ((axes[0], "token", "token level: corr(A, A*)"),
-                             (axes[1], "segment", "segment level: corr(A, V*(end) - V*(start))")):
-        shown = set()
-        for r in rows:
-            m = r[level]
-            if not m or m["pearson"] is None:
-                continue
-            f = r["estimator"]
-            ax.scatter(r["samples_per_prompt"], m["pearson"], s=40, color=colors[f],
-                       label=None if f in shown else f)
-            shown.add(f)
-            ax.annotate(r["label"], (r["samples_per_prompt"], m["pearson"]), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("samples spent per prompt (responses, tree nodes, MC continuations)")
-        ax.set_ylabel("Pearson r")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if shown:
-            ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

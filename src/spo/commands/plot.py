@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from spo.config import ConfigError
 from spo.evaluate.learning_curves import CurvePoint, metric_curve
+from spo.train.run_dir import require_run_folder
 from spo.train.run_log import METRICS_FILE, read_metrics
 
 log = logging.getLogger("spo.plot")
@@ -114,11 +115,7 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Every line of a run's metrics.jsonl; a bad folder is a ConfigError naming it."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such folder (give a run folder: config.yaml, metrics.jsonl, episodes/)")
-    if not (run_dir / METRICS_FILE).is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no {METRICS_FILE} there)")
-    return read_metrics(run_dir, kind=None)
+    return read_metrics(require_run_folder(run_dir, METRICS_FILE), kind=None)
 
 
 def plot_runs(run_dirs: Sequence[Path], metrics: Sequence[str], x: str, out: Path) -> Path:

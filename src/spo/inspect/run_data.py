@@ -27,6 +27,7 @@ import yaml
 
 from spo.config import ConfigError
 from spo.config_io import load_yaml
+from spo.train.run_dir import CONFIG_FILE, require_run_folder
 from spo.train.run_log import EPISODES_DIR, METRICS_FILE, read_metrics
 
 log = logging.getLogger("spo.inspect")
@@ -47,12 +48,7 @@ _KNOWN_FIELDS = {"response_ids", "logprobs", "advantages", "loss_mask",
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config.yaml; a folder without one is not a run folder."""
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such folder (give a run folder: config.yaml, metrics.jsonl, episodes/)")
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml there)")
-    return load_yaml(path)
+    return load_yaml(require_run_folder(run_dir, CONFIG_FILE) / CONFIG_FILE)
 
 
 def episode_files(run_dir: Path) -> dict[int, Path]:

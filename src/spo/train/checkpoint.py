@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from spo.cache import fsync_path, write_text_atomic
 from spo.config import ConfigError
 from spo.models import is_lora, lora_copy_from_state, peft_keys, save_hf_model
 from spo.train.faults import disk_full_is_fatal, kill_point
@@ -70,31 +71,9 @@ def checkpoint_iteration(path: Path) -> int:
     return int(path.name.rpartition(PREFIX)[2])
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` atomically and durably (the data on the disk before the
-    rename, the rename on the disk before returning)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------
 # Durability: a rename is atomic, but without fsync a power loss may persist the rename
 # and not the data it points at (a checkpoint of zeroed or truncated files).
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's data, or a folder's entries (new names, renames), to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file under `folder`, then every folder in it, deepest first, then itself."""

@@ -115,7 +115,8 @@ class Trainer:
                                    self.scheduler, self.acc, dist, cfg, steps_per_iteration, pad_id)
 
         self.start_iteration, self.where = 0, "start-up"  # where: named when a signal comes
-        self.spent: dict[str, float] = {}  # tokens, samples, seconds used so far
+        self.spent: dict[str, float] = {}  # tokens, samples, seconds used so far (and failed reward calls)
+        self.reward_errors_seen = 0  # the task's failed reward calls, all processes, as of the last record
         self.log = RunLog(run_dir) if dist.is_main else None
         if resume:
             self._resume()
@@ -197,10 +198,11 @@ class Trainer:
         running totals of what the run has used (budgets, plots)."""
         record = iteration_metrics(it, batch, stats, self.dist)
         self.algorithm.finish_record(record, batch)
-        if hasattr(self.task, "reward_errors"):  # user rewards that failed so far (scored 0), all processes
-            record["reward_errors"] = self.dist.global_sum(self.task.reward_errors)
         used = {"tokens": record["tokens_generated_total"], "samples": record["samples_generated"],
                 "seconds": self.dist.global_sum(record["time_total"]) / self.dist.world}  # the same on every process
+        if hasattr(self.task, "reward_errors"):  # user rewards that failed (scored 0) since the last record
+            seen, self.reward_errors_seen = self.reward_errors_seen, round(self.dist.global_sum(self.task.reward_errors))
+            record["reward_errors"] = used["reward_errors"] = self.reward_errors_seen - seen
         for key, value in used.items():
             self.spent[key] = self.spent.get(key, 0) + value
             record[f"{key}_cumulative"] = self.spent[key]
@@ -252,7 +254,8 @@ class Trainer:
             self.log.resume_at(done, state.get("metrics_bytes"))
         trained = [r for r in rows if r.get("kind", "train") == "train"]
         if trained:
-            self.spent = {k: trained[-1].get(f"{k}_cumulative", 0) for k in ("tokens", "samples", "seconds")}
+            self.spent = {k: trained[-1].get(f"{k}_cumulative", 0) for k in ("tokens", "samples", "seconds",
+                                                                              "reward_errors")}
         if done >= self.cfg.iterations or (trained and self.budget_spent()):
             at_end = self.cfg.eval.at_end and not final_eval
             self.cfg = dataclasses.replace(self.cfg, iterations=done, eval=dataclasses.replace(self.cfg.eval,
@@ -261,11 +264,12 @@ class Trainer:
 
 
 def train(cfg: RunConfig, resume_dir: str | None = None, task: Task | None = None,
-          allow_config_change: bool = False) -> Path:
+          allow_config_change: bool = False, rerun: str | None = None) -> Path:
     """Run or resume training; returns the run folder. `resume_dir`: None (a new run), a run
     folder, or "auto" (spo.train.run_dir). `task`: instead of cfg.task's. A config that changes
-    results is not resumed unless `allow_config_change` (spo.train.resume_check)."""
-    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace) as preemption, \
+    results is not resumed unless `allow_config_change` (spo.train.resume_check). `rerun`: what
+    a preempted run's message advises running to continue (None: `spo train --resume`)."""
+    with run_folder(cfg.output_dir, resume_dir) as (run_dir, resuming), Preemption(cfg.preempt_grace, rerun) as preemption, \
             peer_failures_reported(run_dir, cfg.collective_timeout, lambda: ckpt.latest_checkpoint(run_dir, hashes=False)):
         changes = check_resume_config(run_dir, cfg, allow_config_change) if resuming else {}
         trainer = Trainer(cfg, run_dir, resume=resuming, task=task)

@@ -39,25 +39,36 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Preempted(Exception):
-    """The run stopped on a signal after checkpointing iteration `iteration` in `run_dir`."""
+    """The run stopped on a signal after checkpointing iteration `iteration` in `run_dir`.
+    `rerun`: how the caller's user continues (e.g. "the same `spo bench` command again");
+    None: `spo train`'s own advice (`--resume`)."""
 
-    def __init__(self, run_dir, iteration: int, signal_name: str, checkpoint):
+    def __init__(self, run_dir, iteration: int, signal_name: str, checkpoint, rerun: str | None = None):
         self.run_dir, self.iteration, self.signal_name, self.checkpoint = run_dir, iteration, signal_name, checkpoint
-        if checkpoint is None:
-            super().__init__(f"preempted ({signal_name}) before its first iteration, so with no checkpoint; start it "
-                             f"again with the same command plus `--resume auto --output-dir {run_dir}`")
+        stopped = (f"preempted ({signal_name}) before its first iteration, so with no checkpoint" if checkpoint is None
+                   else f"preempted ({signal_name}) after iteration {iteration}, checkpoint {checkpoint}")
+        if rerun is not None:
+            advice = f"to continue, run {rerun}"
+        elif checkpoint is None:
+            advice = f"start it again with the same command plus `--resume auto --output-dir {run_dir}`"
         else:
-            super().__init__(f"preempted ({signal_name}) after iteration {iteration}, checkpoint {checkpoint}; resume "
-                             f"with `spo train --resume {run_dir}` (or the same command again with `--resume auto "
-                             f"--output-dir {run_dir}`)")
+            advice = (f"resume with `spo train --resume {run_dir}` (or the same command again with `--resume auto "
+                      f"--output-dir {run_dir}`)")
+        self.rerun = rerun
+        super().__init__(f"{stopped}; {advice}")
+
+    def __reduce__(self):  # so that it crosses from a `spo bench --jobs` worker process intact
+        return Preempted, (self.run_dir, self.iteration, self.signal_name, self.checkpoint, self.rerun)
 
 
 class Preemption:
     """Installs the handlers for SIGNALS while the `with` block runs (main thread only;
     elsewhere it does nothing), and restores the previous ones after."""
 
-    def __init__(self, grace_s: float):
+    def __init__(self, grace_s: float, rerun: str | None = None):
         self.grace_s = grace_s
+        self.rerun = rerun
+        """How to continue after a stop, for Preempted's message (None: `spo train --resume`)."""
         self.where: Callable[[], str] = lambda: "start-up"
         """What the run is doing (named in the message when a signal comes)."""
         self.signal_name: str | None = None  # the signal this process got
@@ -110,7 +121,7 @@ class Preemption:
             trainer.log.close()
         trainer.dist.barrier()
         checkpoint = trainer.run_dir / "checkpoints" / checkpoint_name(done) if done else None
-        raise Preempted(trainer.run_dir, done, self.name, checkpoint)
+        raise Preempted(trainer.run_dir, done, self.name, checkpoint, self.rerun)
 
     def requested(self, dist) -> bool:
         """Whether any process got a signal (collective: every process calls it at the same

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
+from spo.cache import write_text_atomic
 from spo.config import RunConfig, build_config
 from spo.config_io import ConfigError, load_yaml, to_dict
-from spo.train.checkpoint import write_text_atomic
 
 log = logging.getLogger("spo.train")
 

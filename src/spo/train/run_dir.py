@@ -30,10 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spo.config import ConfigError
-from spo.train.checkpoint import DAMAGED_PREFIX, latest_checkpoint
 from spo.train.run_log import EPISODES_DIR, METRICS_FILE
 
 log = logging.getLogger("spo.train")
+# The checkpoint functions (and torch with them) are imported where a run is cleared or
+# resumed, so that `spo inspect` and `spo plot` check their run folders without torch.
 
 AUTO = "auto"
 LOCK_FILE = ".lock"
@@ -47,6 +48,21 @@ class RunFolderError(ConfigError):
     is writing it."""
 
     label = "run folder"
+
+
+def require_run_folder(path: str | Path, what: str = CONFIG_FILE, *, option: str | None = None) -> Path:
+    """`path` as a run folder, checked to hold `what` (config.yaml, metrics.jsonl, ...);
+    otherwise a RunFolderError (exit code 2) naming the path (after `option`, e.g.
+    "--resume", when one gave it) and what was expected. The one check behind `spo train
+    --resume`, `spo inspect` and `spo plot`."""
+    path = Path(path)
+    named = f"{option} {path}" if option else str(path)
+    if not path.is_dir():
+        raise RunFolderError(f"{named}: no such folder (give a run folder: {CONFIG_FILE}, {METRICS_FILE}, "
+                             f"{EPISODES_DIR}/)")
+    if not (path / what).exists():
+        raise RunFolderError(f"{named}: not a run folder (no {what} there)")
+    return path
 
 
 def is_main_process() -> bool:
@@ -130,6 +146,8 @@ def refuse_existing_run(path: Path) -> None:
 def clear_unfinished(path: Path) -> None:
     """Remove what an attempt killed before its first good checkpoint left in `path`
     (damaged checkpoints are set aside as `checkpoints/damaged-*`, not deleted)."""
+    from spo.train.checkpoint import DAMAGED_PREFIX, latest_checkpoint
+
     latest_checkpoint(path, tidy=True)
     removed = []
     for name in RUN_FILES:
@@ -198,6 +216,8 @@ class RunLock:
 def run_folder(output_dir: str | None, resume: str | None) -> Iterator[tuple[Path, bool]]:
     """(the run folder, whether to resume from its checkpoint), locked while the block runs;
     see the module docstring for what `resume` (None, a folder, "auto") does."""
+    from spo.train.checkpoint import latest_checkpoint
+
     main = is_main_process()
     created = None
     if resume is None:
@@ -212,9 +232,7 @@ def run_folder(output_dir: str | None, resume: str | None) -> Iterator[tuple[Pat
         path = Path(output_dir)
         created = first_missing(path) if main else None
     else:
-        path = Path(resume)
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"--resume {path}: not a run folder (no {CONFIG_FILE})")
+        path = require_run_folder(resume, option="--resume")
     make_folder(path)
     lock_existed = (path / LOCK_FILE).exists()
     try:
