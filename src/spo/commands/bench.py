@@ -279,13 +279,18 @@ def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: i
         lrs: dict[str, dict[str, float] | None] = {}
         for cell in cells:
             swept = b.lr_sweep.sweep_cell(cell, b.starts) if b.lr_sweep else cell
+            scaled = b.lr_sweep.scaled_from(swept, b.updates) if b.lr_sweep else None
+            divisor = 1.0
+            if scaled is not None:  # this structure's lrs: another structure's choices / divisor
+                swept, divisor = scaled
             if swept.label not in lrs:
                 lrs[swept.label] = run_lr_sweep(cfg, swept, out / swept.label, only_report, jobs)
-            lrs[cell.label] = lrs[swept.label]
+            lrs[cell.label] = lrs[swept.label] and {m: lr / divisor for m, lr in lrs[swept.label].items()}
             if lrs[cell.label] is not None:  # which lr each method's runs in this cell use, and whence
                 (out / cell.label).mkdir(parents=True, exist_ok=True)
+                whence = {"swept_in": swept.label, **({"divided_by": divisor} if scaled else {})}
                 write_text_atomic(out / cell.label / "lr_chosen.json",
-                                  json.dumps({"swept_in": swept.label, "lr": lrs[cell.label]}, indent=2))
+                                  json.dumps({**whence, "lr": lrs[cell.label]}, indent=2))
         if not only_report:  # seed-major: a partial bench already compares every method in every cell
             run_all([(f"{cell.label + ': ' if cell.label else ''}{method} seed {seed}",
                       run_config(cfg, method, seed, cell, lr_override(lrs[cell.label], method)),

@@ -67,6 +67,20 @@ class LrSweep:
     starts use the lr chosen there for the same method and update structure. Null: every
     cell sweeps on its own."""
 
+    scaled_by_updates: dict[str, str] = field(default_factory=dict)
+    """Update-structure label -> `<label>/<divisor>` (e.g. `{4x2: 1x1/4}`): cells of that
+    structure are not swept; each method's lr there is its choice in the cell of structure
+    <label> (same start, or the `on_start` cell) divided by <divisor>, the same rule for every
+    method (docs/bench.md's cut 4: fewer runs when the budget is short)."""
+
+    def scaled_from(self, cell: "Cell", updates: Sequence["UpdateStructure"]) -> tuple["Cell", float] | None:
+        """(the cell whose sweep `cell`'s lrs come from, the divisor), or None when `cell` sweeps."""
+        if cell.updates is None or cell.updates.label not in self.scaled_by_updates:
+            return None
+        label, divisor = parse_scaled(cell.updates.label, self.scaled_by_updates[cell.updates.label], updates)
+        source = next(u for u in updates if u.label == label)
+        return Cell(cell.start, cell.model, source), divisor
+
     def grid_for(self, cell: "Cell") -> list[float]:
         return self.grid_by_updates.get(cell.updates.label, self.grid) if cell.updates else self.grid
 
@@ -213,8 +227,34 @@ def check_bench_design(starts: dict[str, str], updates: Sequence[UpdateStructure
         if label not in labels:
             raise ConfigError(f"bench.lr_sweep.grid_by_updates.{label}: not one of bench.updates {sorted(labels)}")
         check_lr_grid(LrSweep(list(grid), sweep.seeds), bench_seeds)
+    for label, rule in sweep.scaled_by_updates.items():
+        source, _ = parse_scaled(label, rule, updates)
+        if source in sweep.scaled_by_updates:
+            raise ConfigError(f"bench.lr_sweep.scaled_by_updates.{label}: its source {source!r} is not swept itself")
+        if label in sweep.grid_by_updates:
+            raise ConfigError(f"bench.lr_sweep: {label!r} has both a grid (grid_by_updates) and a scaled lr "
+                              "(scaled_by_updates); keep one")
     if sweep.on_start is not None and sweep.on_start not in starts:
         raise ConfigError(f"bench.lr_sweep.on_start: {sweep.on_start!r} is not one of bench.starts {sorted(starts)}")
+
+
+def parse_scaled(label: str, rule: str, updates: Sequence[UpdateStructure]) -> tuple[str, float]:
+    """`1x1/4` -> ("1x1", 4.0), checked: the source is another update structure of the bench
+    that is itself swept, and the divisor is a positive number."""
+    where = f"bench.lr_sweep.scaled_by_updates.{label}"
+    source, _, divisor = str(rule).partition("/")
+    labels = {u.label for u in updates}
+    if label not in labels:
+        raise ConfigError(f"{where}: {label!r} is not one of bench.updates {sorted(labels)}")
+    if source not in labels or source == label:
+        raise ConfigError(f"{where}: {rule!r} must name another of bench.updates {sorted(labels)} as <label>/<divisor>")
+    try:
+        value = float(divisor)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"{where}: {rule!r} needs a positive divisor after '/', as in 1x1/4")
+    return source, value
 
 
 def lr_sweep_table(choices: dict[str, Choice], grid: Sequence[float], metric: str) -> str:
