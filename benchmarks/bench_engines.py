@@ -26,14 +26,14 @@ Part 1, same work for both engines (ratios are of runs in this process):
     prefix cache emptied), several times.
 Part 2: `Trainer.step(0)` of `grpo` and of `spo_chain` with `sampling.engine=vllm`, by phase,
 SPO-chain once per `--variants` entry (VARIANTS below; each adds its overrides after the
-defaults, before the command line's):
+defaults, before the command line's; default fixed,group,adaptive,adaptive-0.5,lowest-2):
   * fixed: today's rule, N fresh continuations per state;
   * group: `algorithm.mc_group_samples=true` (the group's responses that share a state's
     prefix count as its samples, only the rest are drawn);
   * adaptive: group + `algorithm.mc_allocation=adaptive` (budget `mc_budget` 1.0 x N x states);
-  * adaptive-0.5: the same with `algorithm.mc_budget=0.5`;
-  * lowest: `algorithm.partition=lowest` with `algorithm.probe_points` = `--probe-points`
-    (at most that many states per response, at its lowest-probability cutpoints).
+    adaptive-B: the same with `algorithm.mc_budget=B` (adaptive-0.5, adaptive-0.25, ...);
+  * lowest-K: `algorithm.partition=lowest algorithm.probe_points=K` (at most K states per
+    response, at its K lowest-probability cutpoints).
 Every run is iteration 0 from the same weights and seed, so all see the same prompts and
 the same sampled responses. `--repeats R` runs the whole list (GRPO first, then each
 variant) R times; each ratio is of an SPO-chain iteration over the GRPO iteration of the
@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from spo.config import load_config  # noqa: E402
+from spo.config import ConfigError, load_config  # noqa: E402
 from spo.presets import resolve_preset  # noqa: E402
 from spo.sample.factory import build_engine  # noqa: E402
 from spo.seeds import SALT_SAMPLE  # noqa: E402
@@ -73,10 +74,12 @@ DEFAULTS = ["algorithm.mc_samples=9", "algorithm.interval=5", "model.dtype=float
             "eval.at_start=false", "eval.at_end=false", "progress=false"]
 GROUP = ["algorithm.mc_group_samples=true"]
 ADAPTIVE = [*GROUP, "algorithm.mc_allocation=adaptive"]
-VARIANTS = {  # SPO-chain's MC rule in part 2: name -> overrides ("lowest" also gets probe_points)
-    "fixed": [], "group": GROUP, "adaptive": ADAPTIVE, "adaptive-0.5": [*ADAPTIVE, "algorithm.mc_budget=0.5"],
-    "lowest": ["algorithm.partition=lowest"],
+VARIANTS = {  # SPO-chain's MC rule in part 2: name -> overrides, and the option a "-value" suffix sets
+    "fixed": ([], None), "group": (GROUP, None), "adaptive": (ADAPTIVE, "algorithm.mc_budget"),
+    "lowest": (["algorithm.partition=lowest"], "algorithm.probe_points"),
 }
+DEFAULT_VARIANTS = "fixed,group,adaptive,adaptive-0.5,lowest-2"
+RULE_OPTIONS = ["partition", "interval", "probe_points", "mc_samples", "mc_group_samples", "mc_allocation", "mc_budget"]
 MC_KEYS = ["mc_states", "mc_continuations", "mc_group_samples", "mc_states_free", "mc_engine_calls"]
 
 
@@ -183,13 +186,17 @@ def iteration(cfg, estimator: str) -> dict:
         sync = list(trainer.engine.sync_seconds)
         trainer.engine.close()
     keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", *MC_KEYS]
-    return {**{k: record.get(k, 0) for k in keys}, "trainer_build_seconds": built, "sync_seconds": sync}
+    return {**{k: record.get(k, 0) for k in keys}, "trainer_build_seconds": built, "sync_seconds": sync,
+            "rule": {k: getattr(cfg.algorithm, k) for k in RULE_OPTIONS}}  # what the run used
 
 
-def variant_overrides(name: str, probe_points: int) -> list[str]:
-    if name not in VARIANTS:
-        raise SystemExit(f"error: --variants: unknown variant {name!r} (one of {', '.join(VARIANTS)})")
-    return VARIANTS[name] + ([f"algorithm.probe_points={probe_points}"] if name == "lowest" else [])
+def variant_overrides(name: str) -> list[str]:
+    """`adaptive-0.5` -> the adaptive overrides + algorithm.mc_budget=0.5 (values checked by the config)."""
+    base, _, value = name.partition("-")
+    if base not in VARIANTS or (value and VARIANTS[base][1] is None) or (base == "lowest" and not value):
+        raise ConfigError(f"--variants: unknown variant {name!r} (fixed, group, adaptive[-BUDGET], lowest-K)")
+    overrides, option = VARIANTS[base]
+    return overrides + ([f"{option}={value}"] if value else [])
 
 
 def iterations(args, overrides: list[str]) -> dict:
@@ -201,14 +208,15 @@ def iterations(args, overrides: list[str]) -> dict:
         run = {"grpo": grpo}
         for name in args.variants:
             cfg = load_config(resolve_preset(args.config),
-                              [*DEFAULTS, *variant_overrides(name, args.probe_points), *args.overrides])
+                              [*DEFAULTS, *variant_overrides(name), *args.overrides])
             run[name] = iteration(cfg, "spo_chain")
             run[name]["over_grpo"] = run[name]["time_total"] / max(grpo["time_total"], 1e-9)
             show(f"{name} #{rep + 1}", run[name])
             gc.collect()
         runs.append(run)
     names = ["grpo", *args.variants]
-    mean = {n: {k: sum(r[n][k] for r in runs) / len(runs) for k in runs[0][n] if k != "sync_seconds"} for n in names}
+    mean = {n: {k: sum(r[n][k] for r in runs) / len(runs) for k, v in runs[0][n].items() if isinstance(v, (int, float))}
+            for n in names}
     print(f"\nphase (s, mean of {len(runs)})" + "".join(f"{n:>13s}" for n in names) + "   (vLLM engine)")
     for k in (f"time_{p}" for p in PHASES):
         print(f"{k[5:]:22s}" + "".join(f"{mean[n][k]:13.2f}" for n in names))
@@ -219,13 +227,12 @@ def iterations(args, overrides: list[str]) -> dict:
     if len(runs) > 1:
         each = {n: "/".join(f"{r[n]['over_grpo']:.2f}" for r in runs) for n in args.variants}
         print(f"{'  per repeat':22s}{'':13s}" + "".join(f"{each[n]:>13s}" for n in args.variants))
-    return {"runs": runs, "mean": mean, "variant_overrides": {n: variant_overrides(n, args.probe_points)
-                                                             for n in args.variants}}
+    return {"runs": runs, "mean": mean, "variant_overrides": {n: variant_overrides(n) for n in args.variants}}
 
 
 def show(label: str, r: dict) -> None:
     print(f"[iter] {label:16s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in r.items() if k != "sync_seconds"), flush=True)
+                                            for k, v in r.items() if k not in ("sync_seconds", "rule")), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,17 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree-config", default="cpu-spo-tree", help="preset whose trees give the tree level")
     ap.add_argument("--skip-iterations", action="store_true", help="only part 1")
     ap.add_argument("--skip-engines", action="store_true", help="only part 2")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated SPO-chain MC rules of part 2 (default: all of {', '.join(VARIANTS)})")
-    ap.add_argument("--probe-points", type=int, default=2, help="algorithm.probe_points of the `lowest` variant")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"comma-separated SPO-chain MC rules of part 2 (default {DEFAULT_VARIANTS}; the docstring)")
     ap.add_argument("--repeats", type=int, default=1, help="times part 2 runs GRPO and every variant")
     ap.add_argument("--sync-repeats", type=int, default=3)
     ap.add_argument("--output", default="bench_results/engines.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
-    for name in args.variants:
-        variant_overrides(name, args.probe_points)  # unknown names fail before anything runs
+    try:  # a bad name or value fails before anything runs
+        for name in args.variants:
+            load_config(resolve_preset(args.config), [*DEFAULTS, *variant_overrides(name), *args.overrides])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     overrides = [*DEFAULTS, *args.overrides]
     cfg = load_config(resolve_preset(args.config), overrides)
     tree_cfg = load_config(resolve_preset(args.tree_config), overrides)
