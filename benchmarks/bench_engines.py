@@ -1,9 +1,11 @@
 """HF engine against vLLM engine on the same work, in one process: GRPO sampling, SPO-chain's
 Monte-Carlo continuations, one SPO-tree level, the vLLM engine's weight sync, and one full
-training iteration of GRPO and of SPO-chain with the vLLM engine.
+training iteration of GRPO and of SPO-chain (today's MC and issue 20's cheaper-MC options)
+with the vLLM engine.
 
     python benchmarks/bench_engines.py                  # cpu-spo-chain, N = 9, interval 5, fp32
     python benchmarks/bench_engines.py --skip-iterations
+    python benchmarks/bench_engines.py --skip-engines --repeats 2 --variants fixed,group,adaptive
     python benchmarks/bench_engines.py --config smoke-spo-chain --tree-config smoke-spo-tree \\
         model.config_overrides.head_dim=32              # seconds; what the test runs
 
@@ -22,9 +24,23 @@ Part 1, same work for both engines (ratios are of runs in this process):
     the HF engine), every open node's children in one call;
   * sync: seconds of `sync_weights()` of the vLLM engine (the full state dict pushed, the
     prefix cache emptied), several times.
-Part 2: `Trainer.step(0)` of `grpo` and of `spo_chain` with `sampling.engine=vllm`, by phase.
-Targets (issue 10, this CPU): MC tokens/s of vLLM >= 3x the HF engine re-encoding every
-prefix; a full SPO-chain iteration <= 2x a GRPO iteration.
+Part 2: `Trainer.step(0)` of `grpo` and of `spo_chain` with `sampling.engine=vllm`, by phase,
+SPO-chain once per `--variants` entry (VARIANTS below; each adds its overrides after the
+defaults, before the command line's; default fixed,group,adaptive,adaptive-0.5,lowest-2):
+  * fixed: today's rule, N fresh continuations per state;
+  * group: `algorithm.mc_group_samples=true` (the group's responses that share a state's
+    prefix count as its samples, only the rest are drawn);
+  * adaptive: group + `algorithm.mc_allocation=adaptive` (budget `mc_budget` 1.0 x N x states);
+    adaptive-B: the same with `algorithm.mc_budget=B` (adaptive-0.5, adaptive-0.25, ...);
+  * lowest-K: `algorithm.partition=lowest algorithm.probe_points=K` (at most K states per
+    response, at its K lowest-probability cutpoints).
+Every run is iteration 0 from the same weights and seed, so all see the same prompts and
+the same sampled responses. `--repeats R` runs the whole list (GRPO first, then each
+variant) R times; each ratio is of an SPO-chain iteration over the GRPO iteration of the
+same repeat, and the summary gives their mean. Beside each: generated tokens, MC
+continuation tokens, states, continuations drawn (and group samples used).
+Targets (issues 10 and 20, this CPU): MC tokens/s of vLLM >= 3x the HF engine re-encoding
+every prefix; a full SPO-chain iteration <= 2x a GRPO iteration.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +61,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from spo.config import load_config  # noqa: E402
+from spo.config import ConfigError, load_config  # noqa: E402
 from spo.presets import resolve_preset  # noqa: E402
 from spo.sample.factory import build_engine  # noqa: E402
 from spo.seeds import SALT_SAMPLE  # noqa: E402
@@ -55,6 +72,15 @@ from bench_mc import PHASES, mc_states  # noqa: E402  (this folder: run as pytho
 
 DEFAULTS = ["algorithm.mc_samples=9", "algorithm.interval=5", "model.dtype=float32",
             "eval.at_start=false", "eval.at_end=false", "progress=false"]
+GROUP = ["algorithm.mc_group_samples=true"]
+ADAPTIVE = [*GROUP, "algorithm.mc_allocation=adaptive"]
+VARIANTS = {  # SPO-chain's MC rule in part 2: name -> overrides, and the option a "-value" suffix sets
+    "fixed": ([], None), "group": (GROUP, None), "adaptive": (ADAPTIVE, "algorithm.mc_budget"),
+    "lowest": (["algorithm.partition=lowest"], "algorithm.probe_points"),
+}
+DEFAULT_VARIANTS = "fixed,group,adaptive,adaptive-0.5,lowest-2"
+RULE_OPTIONS = ["partition", "interval", "probe_points", "mc_samples", "mc_group_samples", "mc_allocation", "mc_budget"]
+MC_KEYS = ["mc_states", "mc_continuations", "mc_group_samples", "mc_states_free", "mc_engine_calls"]
 
 
 def timed(engine, contexts, params, n, budgets=None) -> dict:
@@ -149,7 +175,7 @@ def engine_throughput(cfg, tree_cfg, sync_repeats: int) -> dict:
 
 
 def iteration(cfg, estimator: str) -> dict:
-    """Trainer.step(0) with the vLLM engine: phases in seconds, tokens, weight-sync seconds."""
+    """Trainer.step(0) with the vLLM engine: phases in seconds, tokens, MC work, weight-sync seconds."""
     cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, name=estimator),
                               sampling=dataclasses.replace(cfg.sampling, engine="vllm"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,8 +185,54 @@ def iteration(cfg, estimator: str) -> dict:
         record = trainer.step(0, Progress(enabled=False, quiet=True))
         sync = list(trainer.engine.sync_seconds)
         trainer.engine.close()
-    keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", "mc_states"]
-    return {**{k: record.get(k, 0) for k in keys}, "trainer_build_seconds": built, "sync_seconds": sync}
+    keys = [f"time_{p}" for p in PHASES] + ["tokens_generated", "mc_tokens", "tokens_generated_total", *MC_KEYS]
+    return {**{k: record.get(k, 0) for k in keys}, "trainer_build_seconds": built, "sync_seconds": sync,
+            "rule": {k: getattr(cfg.algorithm, k) for k in RULE_OPTIONS}}  # what the run used
+
+
+def variant_overrides(name: str) -> list[str]:
+    """`adaptive-0.5` -> the adaptive overrides + algorithm.mc_budget=0.5 (values checked by the config)."""
+    base, _, value = name.partition("-")
+    if base not in VARIANTS or (value and VARIANTS[base][1] is None) or (base == "lowest" and not value):
+        raise ConfigError(f"--variants: unknown variant {name!r} (fixed, group, adaptive[-BUDGET], lowest-K)")
+    overrides, option = VARIANTS[base]
+    return overrides + ([f"{option}={value}"] if value else [])
+
+
+def iterations(args, overrides: list[str]) -> dict:
+    """Part 2: per repeat, GRPO then SPO-chain with each variant; ratios to that repeat's GRPO."""
+    runs: list[dict] = []
+    for rep in range(args.repeats):
+        grpo = iteration(load_config(resolve_preset(args.config), overrides), "grpo")
+        show(f"grpo #{rep + 1}", grpo)
+        run = {"grpo": grpo}
+        for name in args.variants:
+            cfg = load_config(resolve_preset(args.config),
+                              [*DEFAULTS, *variant_overrides(name), *args.overrides])
+            run[name] = iteration(cfg, "spo_chain")
+            run[name]["over_grpo"] = run[name]["time_total"] / max(grpo["time_total"], 1e-9)
+            show(f"{name} #{rep + 1}", run[name])
+            gc.collect()
+        runs.append(run)
+    names = ["grpo", *args.variants]
+    mean = {n: {k: sum(r[n][k] for r in runs) / len(runs) for k, v in runs[0][n].items() if isinstance(v, (int, float))}
+            for n in names}
+    print(f"\nphase (s, mean of {len(runs)})" + "".join(f"{n:>13s}" for n in names) + "   (vLLM engine)")
+    for k in (f"time_{p}" for p in PHASES):
+        print(f"{k[5:]:22s}" + "".join(f"{mean[n][k]:13.2f}" for n in names))
+    for k in ["tokens_generated", "mc_tokens", *MC_KEYS]:
+        print(f"{k:22s}" + "".join(f"{mean[n][k]:13.0f}" for n in names))
+    print(f"{'SPO-chain / GRPO':22s}{'':13s}" + "".join(f"{mean[n]['over_grpo']:13.2f}" for n in args.variants)
+          + "   (target <= 2)")
+    if len(runs) > 1:
+        each = {n: "/".join(f"{r[n]['over_grpo']:.2f}" for r in runs) for n in args.variants}
+        print(f"{'  per repeat':22s}{'':13s}" + "".join(f"{each[n]:>13s}" for n in args.variants))
+    return {"runs": runs, "mean": mean, "variant_overrides": {n: variant_overrides(n) for n in args.variants}}
+
+
+def show(label: str, r: dict) -> None:
+    print(f"[iter] {label:16s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in r.items() if k not in ("sync_seconds", "rule")), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="cpu-spo-chain", help="preset of the sampling and MC parts")
     ap.add_argument("--tree-config", default="cpu-spo-tree", help="preset whose trees give the tree level")
     ap.add_argument("--skip-iterations", action="store_true", help="only part 1")
+    ap.add_argument("--skip-engines", action="store_true", help="only part 2")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"comma-separated SPO-chain MC rules of part 2 (default {DEFAULT_VARIANTS}; the docstring)")
+    ap.add_argument("--repeats", type=int, default=1, help="times part 2 runs GRPO and every variant")
     ap.add_argument("--sync-repeats", type=int, default=3)
     ap.add_argument("--output", default="bench_results/engines.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    try:  # a bad name or value fails before anything runs
+        for name in args.variants:
+            load_config(resolve_preset(args.config), [*DEFAULTS, *variant_overrides(name), *args.overrides])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     overrides = [*DEFAULTS, *args.overrides]
     cfg = load_config(resolve_preset(args.config), overrides)
     tree_cfg = load_config(resolve_preset(args.tree_config), overrides)
@@ -179,31 +262,22 @@ def main(argv: list[str] | None = None) -> int:
                      "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.processor() or platform.machine(),
                      "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                      "load_average_before": os.getloadavg()}
-    results["engines"] = engine_throughput(cfg, tree_cfg, args.sync_repeats)
-    gc.collect()
+    if not args.skip_engines:
+        results["engines"] = engine_throughput(cfg, tree_cfg, args.sync_repeats)
+        gc.collect()
     if not args.skip_iterations:
-        for est in ("grpo", "spo_chain"):
-            results[est] = iteration(cfg, est)
-            gc.collect()
-            print(f"[iter] {est:10s} " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in results[est].items() if k != "sync_seconds"),
-                  flush=True)
-        g, c = results["grpo"], results["spo_chain"]
-        results["ratios"] = {"spo_chain_iteration_over_grpo": c["time_total"] / max(g["time_total"], 1e-9)}
-        print("\nphase (s)        grpo   spo_chain   ratio   (vLLM engine)")
-        for k in (f"time_{p}" for p in PHASES):
-            ratio = f"{c[k] / g[k]:7.2f}" if g[k] >= 0.01 else "      -"
-            print(f"{k[5:]:12s} {g[k]:8.2f} {c[k]:10.2f} {ratio}")
-        print(f"tokens       {g['tokens_generated_total']:8.0f} {c['tokens_generated_total']:10.0f}")
+        results["iterations"] = iterations(args, overrides)
+        results["ratios"] = {"spo_chain_iteration_over_grpo": {n: results["iterations"]["mean"][n]["over_grpo"]
+                                                               for n in args.variants}}
     results["load_average_after"] = os.getloadavg()
     results["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # whole process
-    r = results["engines"]["ratios"]
-    print(f"\nMC: vLLM {r['mc_vllm_over_hf_re_encoded']:.2f}x the tokens/s of the HF engine re-encoding every prefix "
-          f"(target >= 3), {r['mc_vllm_over_hf_shared']:.2f}x the HF engine sharing each prefix; sampling "
-          f"{r['sample_vllm_over_hf']:.2f}x; tree level {r['tree_vllm_over_hf']:.2f}x")
-    if "ratios" in results:
-        print(f"SPO-chain iteration / GRPO iteration (vLLM): {results['ratios']['spo_chain_iteration_over_grpo']:.2f}"
-              " (target <= 2)")
+    if "engines" in results:
+        r = results["engines"]["ratios"]
+        print(f"\nMC: vLLM {r['mc_vllm_over_hf_re_encoded']:.2f}x the tokens/s of the HF engine re-encoding every prefix "
+              f"(target >= 3), {r['mc_vllm_over_hf_shared']:.2f}x the HF engine sharing each prefix; sampling "
+              f"{r['sample_vllm_over_hf']:.2f}x; tree level {r['tree_vllm_over_hf']:.2f}x")
+    for name, ratio in results.get("ratios", {}).get("spo_chain_iteration_over_grpo", {}).items():
+        print(f"SPO-chain ({name}) iteration / GRPO iteration (vLLM): {ratio:.2f} (target <= 2)")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=1))
     print(f"results written to {args.output}")

@@ -521,6 +521,39 @@ def test_spo_tree_smoke_run(tmp_path, patched_reward):
 
 
 @needs_vllm
+def test_bench_engines_iterations_of_every_mc_variant(tmp_path):
+    """benchmarks/bench_engines.py part 2 on the tiny preset, so that it cannot rot: GRPO
+    and SPO-chain with each of issue 20's MC rules see the same sampled responses, and each
+    rule's MC work obeys it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "engines.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_engines.py"
+    cmd = [sys.executable, str(script), "--config", "smoke-spo-chain", "--skip-engines",
+           "--variants", "fixed,group,adaptive,adaptive-0.5,lowest-1",
+           "--output", str(out), f"model.config_overrides.head_dim={HEAD_DIM}", "sampling.vllm_kv_cache_gb=0.25"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    run = res["iterations"]["runs"][0]
+    assert set(run) == {"grpo", "fixed", "group", "adaptive", "adaptive-0.5", "lowest-1"}
+    assert len({r["tokens_generated"] for r in run.values()}) == 1, "every run samples the same responses"
+    assert run["grpo"]["mc_tokens"] == 0 and run["fixed"]["mc_tokens"] > 0
+    assert run["adaptive-0.5"]["rule"] | {"mc_group_samples": False} == \
+        run["fixed"]["rule"] | {"mc_allocation": "adaptive", "mc_budget": 0.5}
+    assert run["lowest-1"]["rule"]["partition"] == "lowest" and run["lowest-1"]["rule"]["probe_points"] == 1
+    states, n = run["fixed"]["mc_states"], 9  # the benchmark's reference N
+    assert run["fixed"]["mc_continuations"] == n * states
+    assert run["group"]["mc_states"] == states and run["group"]["mc_continuations"] <= n * states
+    assert run["adaptive-0.5"]["mc_continuations"] <= int(0.5 * n * states) < run["fixed"]["mc_continuations"]
+    assert run["lowest-1"]["mc_states"] <= 4 * 4  # probe_points 1 x 16 responses
+    ratios = res["ratios"]["spo_chain_iteration_over_grpo"]
+    assert all(ratios[k] == pytest.approx(run[k]["time_total"] / run["grpo"]["time_total"]) for k in ratios)
+    assert "SPO-chain (adaptive-0.5) iteration / GRPO iteration (vLLM)" in proc.stdout
+
+
+@needs_vllm
 def test_two_process_accelerate_run_with_an_engine_per_process(tmp_path):
     """Data parallel on 2 CPU processes (gloo): each process samples from its own
     colocated vLLM engine and syncs it after every update."""
