@@ -236,3 +236,25 @@ def test_jobs_a_failing_run_fails_the_bench_with_its_error(tmp_path):
             "bench.methods={grpo: [algorithm.estimator=grpo], missing: [model.name_or_path=/nonexistent/model]}"]
     assert main(args) == 2
     assert not (tmp_path / "bad" / "runs" / "missing" / "seed0" / DONE_FILE).exists()
+
+
+def test_update_diagnostics_by_hand():
+    from spo.evaluate.learning_curves import update_diagnostics, update_diagnostics_table
+
+    rows = {"one_step": {0: [{"clip_frac": 0.0, "approx_kl": 0.0}] * 3, 1: [{"clip_frac": 0.0, "approx_kl": 0.0}]},
+            "eight_steps": {0: [{"clip_frac": 0.01, "approx_kl": 0.002}, {"clip_frac": 0.03, "approx_kl": 0.0}],
+                            1: [{"clip_frac": 0.0, "approx_kl": 0.0}]}}
+    diag = update_diagnostics(rows)
+    assert diag["one_step"]["clip_frac"] == {"runs": 2, "min": 0.0, "mean": 0.0, "max": 0.0, "zero_runs": 2}
+    assert diag["eight_steps"]["clip_frac"] == pytest.approx(
+        {"runs": 2, "min": 0.0, "mean": 0.01, "max": 0.02, "zero_runs": 1})
+    assert diag["eight_steps"]["approx_kl"]["mean"] == pytest.approx(0.0005)
+    table = update_diagnostics_table(diag)
+    assert "| one_step | 0 [0, 0] | 2/2 |" in table and "| eight_steps | 0.01 [0, 0.02] | 1/2 |" in table
+
+
+def test_the_bench_reports_update_diagnostics(bench_dir):
+    res = json.loads((bench_dir / "results.json").read_text())
+    grpo = res["update_diagnostics"]["grpo"]["clip_frac"]  # one optimizer step per iteration: ratio 1, no clipping
+    assert grpo["runs"] == 2 and grpo["zero_runs"] == 2
+    assert "Update diagnostics" in (bench_dir / "results.md").read_text()

@@ -69,6 +69,8 @@ from spo.evaluate.learning_curves import (
     learning_curve,
     markdown_table,
     summarize_method,
+    update_diagnostics,
+    update_diagnostics_table,
 )
 from spo.commands.plot import save_curves
 from spo.presets import resolve_preset
@@ -370,6 +372,9 @@ def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[s
     table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
     if equal:
         table += "\n" + equal_spend_table(equal, baseline, b.confidence)
+    diagnostics = update_diagnostics({m: {s: read_metrics(out / "runs" / m / f"seed{s}") for s in cs}
+                                      for m, cs in by_seed.items() if cs})
+    table += "\n" + update_diagnostics_table(diagnostics)
     choice = selection(by_seed, list(b.methods)) if rc.eval.split == "validation" else None
     if choice is not None:
         table += (f"\nSelection (runs judged on validation problems): **{choice.chosen}**, the highest mean final "
@@ -380,6 +385,7 @@ def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[s
                "summaries": [s.as_dict() for s in summaries],
                "baseline": baseline, "confidence": b.confidence,
                "equal_spend": [r.as_dict() for r in equal],
+               "update_diagnostics": diagnostics,
                "seeds": {m: sorted(cs) for m, cs in by_seed.items()},
                "curves": {m: [[p.__dict__ for p in c] for c in cs] for m, cs in curves.items()}}
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))

@@ -19,6 +19,10 @@ Pure functions over the rows of `metrics.jsonl` (no I/O), used by `spo bench`:
   `equal_spend_table` apply it to every method against a baseline (GRPO);
   `differences_at_equal_spend` gives the per-seed differences themselves, so that a gap can
   be compared between two cells of a bench with axes.
+* `update_diagnostics(rows)` / `update_diagnostics_table`: per method, each run's mean PPO
+  clip fraction and approx-KL over its iterations (0 in every iteration when each
+  iteration is one optimizer step on fresh samples: a check that an update-structure axis
+  did what it says).
 
 "Generated tokens" count every token sampled from the policy: responses, SPO-chain's MC
 continuations and SPO-tree's nodes (`tokens_generated_total`); "policy samples" count
@@ -379,3 +383,38 @@ def equal_spend_table(rows: Sequence[EqualSpend], baseline: str, confidence: flo
         cells.append(_fmt_diff(r.vs_baseline.get("final")))
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+UPDATE_DIAGNOSTICS = ("clip_frac", "approx_kl")
+"""Training-line metrics that are exactly 0 when the PPO ratio is 1 (one step per iteration)."""
+
+
+def update_diagnostics(rows: dict[str, dict[int, Sequence[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> metric -> {"runs", "min", "mean", "max", "zero_runs"} over the runs' means of
+    that metric over their training lines (`rows`: method -> seed -> training lines)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, by_seed in rows.items():
+        out[method] = {}
+        for key in UPDATE_DIAGNOSTICS:
+            means = [statistics.fmean(r[key] for r in run if key in r) for run in by_seed.values()
+                     if any(key in r for r in run)]
+            if means:
+                out[method][key] = {"runs": len(means), "min": min(means), "mean": statistics.fmean(means),
+                                    "max": max(means), "zero_runs": sum(m == 0 for m in means)}
+    return out
+
+
+def update_diagnostics_table(diag: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown: per method, each metric's run means as mean [min, max] and how many runs were 0."""
+    lines = ["Update diagnostics: each run's mean over its iterations, then mean [min, max] over runs; "
+             "'zero' counts the runs whose mean is exactly 0 (one optimizer step per iteration gives 0).\n",
+             "| method | " + " | ".join(f"{k} | {k} zero" for k in UPDATE_DIAGNOSTICS) + " |",
+             "|---|" + "---|---|" * len(UPDATE_DIAGNOSTICS)]
+    for method, metrics in diag.items():
+        cells = []
+        for key in UPDATE_DIAGNOSTICS:
+            d = metrics.get(key)
+            cells += [f"{d['mean']:.4g} [{d['min']:.4g}, {d['max']:.4g}]", f"{d['zero_runs']}/{d['runs']}"] if d \
+                else ["–", "–"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
