@@ -262,3 +262,72 @@ def test_validation_is_carved_from_the_train_split_not_the_eval_split(tmp_path):
     assert m["eval_problems"] == 8 and len(m["evals"]) == 2
     with pytest.raises(ValueError, match="val_size"):
         train_sft(tiny_cfg("val_size=64"), tmp_path / "bad")
+
+
+SLOW_SFT = ("import sys, time; from spo.train import sft; draw = sft.shuffled_positions; "
+            "sft.shuffled_positions = lambda *a: (time.sleep(0.1), draw(*a))[1]; "
+            "from spo.cli import main; sys.exit(main())")
+"""`spo sft` with every step slowed by 0.1 s (the draw of its batch), so that a signal lands mid-run."""
+
+
+def test_sigterm_checkpoints_exits_75_and_the_same_command_continues_to_the_same_weights(tmp_path):
+    """A real SIGTERM to a real `spo sft` after its third step: it checkpoints the step it is
+    in into the partial folder and exits 75 saying to run the same command again; that command
+    continues from the checkpoint and ends with the weights (bit for bit) and metrics of an
+    uninterrupted run (one thread per process, as in tests/test_preemption.py)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from spo.train.checkpoint import verify_checkpoint
+    from spo.train.preemption import EXIT_PREEMPTED
+    from spo.train.sft import partial_path
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "eval_every": 10, "log_every": 1}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    ref, out = tmp_path / "ref", tmp_path / "out"
+
+    def start(folder: Path, log: Path) -> subprocess.Popen:
+        cmd = [sys.executable, "-c", SLOW_SFT, "sft", "--config", str(config), "--output-dir", str(folder)]
+        return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+    reference = start(ref, tmp_path / "ref.log")
+    run = start(out, tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 300
+        while "sft step 3/" not in (tmp_path / "run.log").read_text():
+            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no third step within 300 s"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    log = (tmp_path / "run.log").read_text()
+    assert code == EXIT_PREEMPTED, log[-3000:]
+    assert "spo: SIGTERM received during sft step" in log, log[-3000:]
+    stopped = re.search(r"^spo: preempted \(SIGTERM\) after step (\d+), checkpoint ([^;]+); to continue, run the same "
+                        r"`spo sft` command again \(it continues from that checkpoint\)$", log, re.MULTILINE)
+    assert stopped, log[-3000:]
+    step, checkpoint = int(stopped[1]), Path(stopped[2])
+    assert 3 <= step < 30 and f"sft step {step + 1}/" not in log
+    assert checkpoint.parent.parent == partial_path(out) and verify_checkpoint(checkpoint) is None
+    assert not out.exists()
+
+    again = start(out, tmp_path / "again.log")
+    assert again.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    assert f"continuing from {checkpoint} (step {step})" in (tmp_path / "again.log").read_text()
+    assert reference.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    assert not partial_path(out).exists()
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((folder / "sft_metrics.json").read_text()) for folder in (ref, out))
+    assert [(r["step"], r["loss"], r["lr"]) for r in ma["losses"]] == [(r["step"], r["loss"], r["lr"]) for r in mb["losses"]]
+    assert [(r["step"], r["accuracy"]) for r in ma["evals"]] == [(r["step"], r["accuracy"]) for r in mb["evals"]]
+    assert (ma["steps"], ma["eval_accuracy"], ma["config_hash"]) == (mb["steps"], mb["eval_accuracy"], mb["config_hash"])

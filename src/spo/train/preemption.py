@@ -41,12 +41,14 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class Preempted(Exception):
     """The run stopped on a signal after checkpointing iteration `iteration` in `run_dir`.
     `rerun`: how the caller's user continues (e.g. "the same `spo bench` command again");
-    None: `spo train`'s own advice (`--resume`)."""
+    None: `spo train`'s own advice (`--resume`). `unit`: what `iteration` counts (`spo sft`:
+    "step")."""
 
-    def __init__(self, run_dir, iteration: int, signal_name: str, checkpoint, rerun: str | None = None):
+    def __init__(self, run_dir, iteration: int, signal_name: str, checkpoint, rerun: str | None = None,
+                 unit: str = "iteration"):
         self.run_dir, self.iteration, self.signal_name, self.checkpoint = run_dir, iteration, signal_name, checkpoint
-        stopped = (f"preempted ({signal_name}) before its first iteration, so with no checkpoint" if checkpoint is None
-                   else f"preempted ({signal_name}) after iteration {iteration}, checkpoint {checkpoint}")
+        stopped = (f"preempted ({signal_name}) before its first {unit}, so with no checkpoint" if checkpoint is None
+                   else f"preempted ({signal_name}) after {unit} {iteration}, checkpoint {checkpoint}")
         if rerun is not None:
             advice = f"to continue, run {rerun}"
         elif checkpoint is None:
@@ -54,21 +56,23 @@ class Preempted(Exception):
         else:
             advice = (f"resume with `spo train --resume {run_dir}` (or the same command again with `--resume auto "
                       f"--output-dir {run_dir}`)")
-        self.rerun = rerun
+        self.rerun, self.unit = rerun, unit
         super().__init__(f"{stopped}; {advice}")
 
     def __reduce__(self):  # so that it crosses from a `spo bench --jobs` worker process intact
-        return Preempted, (self.run_dir, self.iteration, self.signal_name, self.checkpoint, self.rerun)
+        return Preempted, (self.run_dir, self.iteration, self.signal_name, self.checkpoint, self.rerun, self.unit)
 
 
 class Preemption:
     """Installs the handlers for SIGNALS while the `with` block runs (main thread only;
     elsewhere it does nothing), and restores the previous ones after."""
 
-    def __init__(self, grace_s: float, rerun: str | None = None):
+    def __init__(self, grace_s: float, rerun: str | None = None, unit: str = "iteration"):
         self.grace_s = grace_s
         self.rerun = rerun
         """How to continue after a stop, for Preempted's message (None: `spo train --resume`)."""
+        self.unit = unit
+        """What the run checkpoints after (`spo sft`: "step"), for the messages."""
         self.where: Callable[[], str] = lambda: "start-up"
         """What the run is doing (named in the message when a signal comes)."""
         self.signal_name: str | None = None  # the signal this process got
@@ -97,8 +101,8 @@ class Preemption:
                           "checkpoint is intact")
             return  # SIGTERM twice is common (a scheduler signals every process, torchrun forwards it again)
         self.signal_name = name
-        print(f"spo: {name} received during {self.where()}: checkpointing after the current iteration, then exiting (within "
-              f"{self.grace_s:.0f} s, preempt_grace)", file=sys.stderr, flush=True)
+        print(f"spo: {name} received during {self.where()}: checkpointing after the current {self.unit}, then exiting "
+              f"(within {self.grace_s:.0f} s, preempt_grace)", file=sys.stderr, flush=True)
         threading.Thread(target=self._watchdog, daemon=True, name="spo-preempt-watchdog").start()
 
     def _watchdog(self) -> None:
@@ -123,11 +127,12 @@ class Preemption:
         checkpoint = trainer.run_dir / "checkpoints" / checkpoint_name(done) if done else None
         raise Preempted(trainer.run_dir, done, self.name, checkpoint, self.rerun)
 
-    def requested(self, dist) -> bool:
+    def requested(self, dist=None) -> bool:
         """Whether any process got a signal (collective: every process calls it at the same
-        point); `name` is then the signal's (the highest number when they differ)."""
+        point; `dist` None: a one-process run); `name` is then the signal's (the highest
+        number when they differ)."""
         mine = float(signal.Signals[self.signal_name]) if self.signal_name else 0.0
-        agreed = int(mine if dist.world == 1 else dist.global_max(mine))
+        agreed = int(mine if dist is None or dist.world == 1 else dist.global_max(mine))
         if agreed:
             self.name = signal.Signals(agreed).name
         return bool(agreed)

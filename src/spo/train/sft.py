@@ -24,6 +24,11 @@ scheduler, RNG, the metrics so far) is saved after every validation (every
 `.<name>.partial/`, which also holds the lock that keeps a second `spo sft` of the same
 folder waiting. Running the same config again after a kill continues from there and
 trains the same weights; the partial folder is removed once the model folder is published.
+
+Preemption (docs/reliability.md): on SIGTERM / SIGINT / SIGUSR1 the current optimizer step
+finishes, its checkpoint goes into the partial folder, and `spo sft` exits with status 75,
+saying that the same command continues from there (within `preempt_grace` seconds, else
+status 143 with the previous checkpoint intact, as in `spo train`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from spo.tasks.registry import build_task
 from spo.tiny_models import VERSION as TINY_MODELS_VERSION
 from spo.train.sft_config import SFTConfig, load_sft_config
 from spo.train.checkpoint import (
+    checkpoint_name,
     commit_checkpoint,
     latest_checkpoint,
     load_training_state,
@@ -65,6 +71,7 @@ from spo.train.checkpoint import (
     write_state,
 )
 from spo.train.faults import disk_full_is_fatal, kill_point
+from spo.train.preemption import Preempted, Preemption
 from spo.train.run_dir import RunLock
 
 log = logging.getLogger("spo.sft")
@@ -79,8 +86,10 @@ EVAL_FILE = "sft_eval.jsonl"
 PARTIAL_SUFFIX = ".partial"
 FALLBACK_SAVE_EVERY = 100
 """Steps between checkpoints when `eval_every` is 0 (otherwise one after every validation)."""
-_UNHASHED = ("output_dir", "log_every")  # options that do not change the trained model
+_UNHASHED = ("output_dir", "log_every", "preempt_grace")  # options that do not change the trained model
 IGNORE_INDEX = -100  # label of tokens the loss skips (the prompt, padding): HF's convention
+SFT_RERUN = "the same `spo sft` command again (it continues from that checkpoint)"
+"""How a preempted SFT continues (Preempted's advice)."""
 SFT_PREFIX = "sft:"
 """Model names `sft:<preset name or YAML path>` name the model `spo sft` trains with that
 preset (see `resolve_model_name`)."""
@@ -189,8 +198,9 @@ def held_out_eval(engine: Any, tokenizer: Any, task: Any, problems: list[Problem
 # ---------------------------------------------------------------------------------------
 # Training.
 
-def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
-    """Train as configured and write the model folder `out` (atomically); return its metrics."""
+def train_sft(cfg: SFTConfig, out: Path, preemption: Preemption | None = None) -> dict[str, Any]:
+    """Train as configured and write the model folder `out` (atomically); return its metrics.
+    `preemption`: the installed signal handlers, looked at after every step (None: none)."""
     from spo.sample.hf_engine import HFEngine  # imports transformers (~1 s): only when training
 
     t_start = time.perf_counter()
@@ -243,6 +253,15 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     step = first = progress.get("step", 0)
     save_every = cfg.eval_every or FALLBACK_SAVE_EVERY
 
+    def checkpoint() -> None:  # of the step just done
+        _save_progress(partial, cfg, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                       scheduler=scheduler, losses=losses, evals=evals, window=window, eval_seconds=eval_seconds,
+                       wall_seconds=time.perf_counter() - t_start)
+
+    if preemption is not None:
+        preemption.where = lambda: f"sft step {step}"
+    _stop_if_preempted(preemption, partial, first, checkpoint, saved=True)  # a signal during start-up
+
     # --- the loop
     model.train()
     for step in range(first + 1, cfg.max_steps + 1):
@@ -282,10 +301,10 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
             if cfg.stop_at_accuracy is not None and accuracy >= cfg.stop_at_accuracy:
                 stopped_by = "stop_at_accuracy"
                 break
-        if step % save_every == 0 and step < cfg.max_steps:
-            _save_progress(partial, cfg, step, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                           scheduler=scheduler, losses=losses, evals=evals, window=window, eval_seconds=eval_seconds,
-                           wall_seconds=time.perf_counter() - t_start)
+        saved = step % save_every == 0 and step < cfg.max_steps
+        if saved:
+            checkpoint()
+        _stop_if_preempted(preemption, partial, step, checkpoint, saved)
 
     # The eval split, once, for the record: what RL starts from (nothing above looked at it).
     t0 = time.perf_counter()
@@ -324,6 +343,18 @@ def _save_progress(partial: Path, cfg: SFTConfig, step: int, *, model: Any, toke
         commit_checkpoint(root, staged, step, keep=1)
 
 
+def _stop_if_preempted(preemption: Preemption | None, partial: Path, step: int, checkpoint: Any,
+                       saved: bool) -> None:
+    """The safe point after step `step` (0: none yet): when a signal came, call `checkpoint()`
+    unless this step was just saved, and raise Preempted (exit 75, `spo.cli`)."""
+    if preemption is None or not preemption.requested():
+        return
+    if not saved:
+        checkpoint()
+    ckpt = partial / "checkpoints" / checkpoint_name(step) if step else None
+    raise Preempted(partial, step, preemption.name, ckpt, preemption.rerun, unit="step")
+
+
 def _resume(partial: Path, cfg: SFTConfig, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Restore the newest good checkpoint of an earlier, killed training of this config into
     the given objects and return its progress (step, metrics so far); {} when there is none."""
@@ -356,8 +387,9 @@ def _save(model: Any, tokenizer: Any, cfg: SFTConfig, metrics: dict[str, Any], e
 # ---------------------------------------------------------------------------------------
 # Entry points.
 
-def run_sft(cfg: SFTConfig) -> SFTResult:
-    """The SFT model of `cfg`: the cached folder when there is one, else trained now."""
+def run_sft(cfg: SFTConfig, rerun: str = SFT_RERUN) -> SFTResult:
+    """The SFT model of `cfg`: the cached folder when there is one, else trained now (stopped
+    by SIGTERM & co as in `spo train`; `rerun`: how the user then continues)."""
     out = output_path(cfg)
     metrics = cached_metrics(out, cfg)
     if metrics is None:
@@ -366,13 +398,14 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
             if metrics is None:
                 for stale in out.parent.glob(f".{out.name}.tmp-*"):  # from a kill while publishing
                     shutil.rmtree(stale, ignore_errors=True)
-                return SFTResult(out, train_sft(cfg, out), cached=False)
+                with Preemption(cfg.preempt_grace, rerun, unit="step") as preemption:
+                    return SFTResult(out, train_sft(cfg, out, preemption), cached=False)
     return SFTResult(out, metrics, cached=True)
 
 
 def ensure_sft_model(cfg: SFTConfig) -> Path:
     """Path of the SFT model folder of `cfg` (trained first if not cached): for benchmarks."""
-    return run_sft(cfg).path
+    return run_sft(cfg, rerun="the same command again (the SFT model it needs continues from that checkpoint)").path
 
 
 def sft_model_for_preset(preset: str, overrides: list[str] = ()) -> Path:

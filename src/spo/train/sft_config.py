@@ -44,6 +44,11 @@ class SFTConfig:
     """Seeds model init and the order of the training examples."""
     output_dir: str | None = None
     """Model folder to write; null = `$SPO_CACHE_DIR/sft/<hash of this config>`, reused when present."""
+    preempt_grace: float = 90.0
+    """Seconds SFT may take, after SIGTERM / SIGINT / SIGUSR1, to finish its optimizer step and
+    checkpoint it in the partial folder (then it exits with status 75; the same `spo sft`
+    continues from there); past them it exits at once (status 143), the last good checkpoint
+    intact (docs/reliability.md). Not part of the config hash."""
 
 
 def _check_sft_ranges(cfg: SFTConfig) -> None:
@@ -56,6 +61,7 @@ def _check_sft_ranges(cfg: SFTConfig) -> None:
     need(cfg.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
+    need(cfg.preempt_grace > 0, "preempt_grace", f"must be > 0 seconds, got {cfg.preempt_grace}")
     check_optim(cfg.optim)
     check_model_and_task(cfg.model, cfg.task)
 
