@@ -401,3 +401,11 @@ def test_bad_scaled_lr_rules_name_the_key(rule, match):
     with pytest.raises(ConfigError, match=match):
         load_bench_config(resolve_preset("bench-smoke"), [
             *AXES, f"bench.lr_sweep={{grid: [1.0e-5, 2.0e-5], scaled_by_updates: {rule}, seeds: [10, 11, 12]}}"])
+
+
+def test_a_report_of_a_sweep_not_run_names_the_missing_run(tmp_path):
+    cfg = load_bench_config(resolve_preset("bench-smoke"), [
+        *AXES, "bench.methods={grpo: [algorithm.estimator=grpo]}",
+        "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], seeds: [10, 11, 12], on_start: mid}"])
+    with pytest.raises(FileNotFoundError, match=r"mid-1x1/sweep/grpo/lr1e-05/seed10: lr sweep run not finished"):
+        run_bench(cfg, tmp_path, only_report=True)

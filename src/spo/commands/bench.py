@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spo.algorithms.registry import algorithm_class
 from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
@@ -199,8 +201,6 @@ def _run_one(label: str, rc: RunConfig, run_dir: Path) -> None:
     rc.output_dir = str(run_dir)
     train(rc, resume_dir=AUTO, rerun=RERUN)
     kill_point("bench.done")
-    import torch
-
     write_text_atomic(run_dir / DONE_FILE, json.dumps({"wall_seconds": time.perf_counter() - t0, "pid": os.getpid(),
                                                        "torch_threads": torch.get_num_threads()}))
 
@@ -209,8 +209,6 @@ _STOPPED_IN_THIS_WORKER = False  # a worker whose run was preempted starts no fu
 
 
 def _worker_init(threads: int, log_level: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format=f"%(asctime)s [pid {os.getpid()}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -336,10 +334,11 @@ def run_lr_sweep(cfg: BenchConfig, cell: Cell, out: Path, only_report: bool, job
         for lr in grid:
             scores[method][lr] = {}
             for seed in sweep.seeds:
-                if not (run_dir(method, lr, seed) / DONE_FILE).is_file():
-                    raise FileNotFoundError(f"{run_dir}: lr sweep run not finished; run the bench without "
+                path = run_dir(method, lr, seed)
+                if not (path / DONE_FILE).is_file():
+                    raise FileNotFoundError(f"{path}: lr sweep run not finished; run the bench without "
                                             "--report-only first")
-                curve = learning_curve(read_metrics(run_dir(method, lr, seed), kind=None), b.metric)
+                curve = learning_curve(read_metrics(path, kind=None), b.metric)
                 scores[method][lr][seed] = curve[-1].accuracy
     choices = {m: choose_by_mean(scores[m], grid) for m in b.methods}
     write_text_atomic(out / "lr_sweep.md", lr_sweep_table(choices, grid, b.metric))
@@ -355,12 +354,11 @@ def baseline_method(b: BenchOptions) -> str:
 
 def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[str] = ()) -> list[MethodSummary]:
     b = cfg.bench
-    by_seed: dict[str, dict[int, list]] = {}  # method -> seed -> curve, finished runs only
+    rows: dict[str, dict[int, list]] = {}  # method -> seed -> metrics.jsonl lines, finished runs only
     for method in b.methods:
         runs = {s: out / "runs" / method / f"seed{s}" for s in b.seeds}
-        by_seed[method] = {s: learning_curve(read_metrics(r, kind=None), b.metric)
-                           for s, r in runs.items() if (r / DONE_FILE).is_file()}
-    by_seed = {m: {s: c for s, c in cs.items() if c} for m, cs in by_seed.items()}
+        rows[method] = {s: read_metrics(r, kind=None) for s, r in runs.items() if (r / DONE_FILE).is_file()}
+    by_seed = {m: {s: c for s, run in rs.items() if (c := learning_curve(run, b.metric))} for m, rs in rows.items()}
     curves = {m: list(cs.values()) for m, cs in by_seed.items()}
     summaries = [summarize_method(m, c, b.target_accuracy) for m, c in curves.items() if c]
     if not summaries:
@@ -372,8 +370,7 @@ def write_report(cfg: BenchConfig, out: Path, cell: Cell = Cell(), extra: list[s
     table = markdown_table(summaries, b.target_accuracy, budget_description(rc))
     if equal:
         table += "\n" + equal_spend_table(equal, baseline, b.confidence)
-    diagnostics = update_diagnostics({m: {s: read_metrics(out / "runs" / m / f"seed{s}") for s in cs}
-                                      for m, cs in by_seed.items() if cs})
+    diagnostics = update_diagnostics({m: {s: rows[m][s] for s in cs} for m, cs in by_seed.items() if cs})
     table += "\n" + update_diagnostics_table(diagnostics)
     choice = selection(by_seed, list(b.methods)) if rc.eval.split == "validation" else None
     if choice is not None:

@@ -391,7 +391,8 @@ UPDATE_DIAGNOSTICS = ("clip_frac", "approx_kl")
 
 def update_diagnostics(rows: dict[str, dict[int, Sequence[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, float]]]:
     """method -> metric -> {"runs", "min", "mean", "max", "zero_runs"} over the runs' means of
-    that metric over their training lines (`rows`: method -> seed -> training lines)."""
+    that metric over their training lines (`rows`: method -> seed -> metrics.jsonl lines; only
+    training lines carry these metrics, so evaluation lines may be among them)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method, by_seed in rows.items():
         out[method] = {}
