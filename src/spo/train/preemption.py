@@ -117,15 +117,20 @@ class Preemption:
         just was, and raise Preempted."""
         if not self.requested(trainer.dist):
             return
-        from spo.train.checkpoint import checkpoint_name  # not at import time: `spo --help` imports this module
-
         if not saved:
             trainer.save_checkpoint(done)
         if trainer.log:
             trainer.log.close()
         trainer.dist.barrier()
-        checkpoint = trainer.run_dir / "checkpoints" / checkpoint_name(done) if done else None
-        raise Preempted(trainer.run_dir, done, self.name, checkpoint, self.rerun)
+        raise self.stopped(trainer.run_dir, done)
+
+    def stopped(self, run_dir, done: int) -> Preempted:
+        """The exception that ends a run stopped after `done` (0: before the first), whose
+        checkpoint is in `run_dir/checkpoints` (spo train's run folder, spo sft's partial one)."""
+        from spo.train.checkpoint import checkpoint_name  # not at import time: `spo --help` imports this module
+
+        checkpoint = run_dir / "checkpoints" / checkpoint_name(done) if done else None
+        return Preempted(run_dir, done, self.name, checkpoint, self.rerun, self.unit)
 
     def requested(self, dist=None) -> bool:
         """Whether any process got a signal (collective: every process calls it at the same

@@ -60,7 +60,6 @@ from spo.tasks.registry import build_task
 from spo.tiny_models import VERSION as TINY_MODELS_VERSION
 from spo.train.sft_config import SFTConfig, load_sft_config
 from spo.train.checkpoint import (
-    checkpoint_name,
     commit_checkpoint,
     latest_checkpoint,
     load_training_state,
@@ -71,7 +70,7 @@ from spo.train.checkpoint import (
     write_state,
 )
 from spo.train.faults import disk_full_is_fatal, kill_point
-from spo.train.preemption import Preempted, Preemption
+from spo.train.preemption import Preemption
 from spo.train.run_dir import RunLock
 
 log = logging.getLogger("spo.sft")
@@ -351,8 +350,7 @@ def _stop_if_preempted(preemption: Preemption | None, partial: Path, step: int, 
         return
     if not saved:
         checkpoint()
-    ckpt = partial / "checkpoints" / checkpoint_name(step) if step else None
-    raise Preempted(partial, step, preemption.name, ckpt, preemption.rerun, unit="step")
+    raise preemption.stopped(partial, step)
 
 
 def _resume(partial: Path, cfg: SFTConfig, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
