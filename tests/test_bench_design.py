@@ -14,6 +14,7 @@ import pytest
 import spo.commands.bench as bench_module
 from spo.commands.bench import load_bench_config, run_bench, run_config
 from spo.config import ConfigError, build_config
+from spo.config_io import save_config
 from spo.evaluate.bench_design import (
     Cell,
     LrSweep,
@@ -165,6 +166,7 @@ def scripted(monkeypatch):
                          "samples_generated": 8, "time_total": 1.0})
         rows.append({"kind": "eval", "iteration": 2, "accuracy": scripted_accuracy(rc)})
         (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        save_config(rc, out / "config.yaml")  # as spo.train.loop does: the bench checks it before reusing a run
 
     monkeypatch.setattr(bench_module, "train", fake_train)
     return runs
@@ -409,3 +411,38 @@ def test_a_report_of_a_sweep_not_run_names_the_missing_run(tmp_path):
         "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], seeds: [10, 11, 12], on_start: mid}"])
     with pytest.raises(FileNotFoundError, match=r"mid-1x1/sweep/grpo/lr1e-05/seed10: lr sweep run not finished"):
         run_bench(cfg, tmp_path, only_report=True)
+
+
+def test_sweep_only_chooses_the_lrs_and_runs_no_bench_run(scripted, tmp_path):
+    overrides = [*AXES, "bench.seeds=[0, 1]", "bench.methods={grpo: [algorithm.estimator=grpo]}",
+                 "bench.lr_sweep={grid: [1.0e-5, 2.0e-5], seeds: [10, 11, 12], on_start: mid}"]
+    cfg = load_bench_config(resolve_preset("bench-smoke"), overrides)
+    assert run_bench(cfg, tmp_path, sweep_only=True) == []
+    assert scripted and all(r.eval.split == "validation" for r in scripted)
+    assert not list(tmp_path.glob("*/runs"))
+    assert json.loads((tmp_path / "weak-4x2" / "lr_chosen.json").read_text())["lr"] == {"grpo": 2e-5}
+    n = len(scripted)
+    run_bench(cfg, tmp_path)  # then the bench: the sweep is reused, only the bench's runs train
+    assert len(scripted) == n + 4 * 2 and all(r.eval.split == "eval" for r in scripted[n:])
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reused(scripted, tmp_path):
+    """A bench run again with another lr, budget or method option must not report the old
+    runs under the new settings; harmless keys (checkpointing, logging) do not matter."""
+    base = ["bench.seeds=[0]", "bench.methods={grpo: [algorithm.estimator=grpo]}"]
+    run_bench(load_bench_config(resolve_preset("bench-smoke"), base), tmp_path)
+    n = len(scripted)
+    run_bench(load_bench_config(resolve_preset("bench-smoke"), [*base, "run.save_every=7", "run.progress=false"]),
+              tmp_path)
+    assert len(scripted) == n  # reused
+    for change, key in [("run.optim.lr=9e-5", "optim.lr: 0.0001 in the run, 9e-05 now"),
+                        ("run.max_tokens=50", "max_tokens"),
+                        ("bench.methods={grpo: [algorithm.estimator=grpo, algorithm.whiten=global]}",
+                         "algorithm.whiten")]:
+        cfg = load_bench_config(resolve_preset("bench-smoke"), [*base, change])
+        with pytest.raises(ConfigError, match=f"seed0: finished with another config .*{key}"):
+            run_bench(cfg, tmp_path)
+        assert len(scripted) == n
+    (tmp_path / "runs" / "grpo" / "seed0" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match="without its config.yaml"):
+        run_bench(load_bench_config(resolve_preset("bench-smoke"), base), tmp_path)

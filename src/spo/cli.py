@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="bench-arith", help="bench preset: a path or a shipped name (bench-arith, ...)")
     p.add_argument("--output-dir", help="results folder (default bench/<preset name>); finished runs there are reused")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="run the lr sweep (bench.lr_sweep) and write the lrs it chose, then stop before the bench's runs")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="runs trained at once, each in its own process with cpu_count/jobs threads (default 1)")
     p.add_argument("overrides", nargs="*", help="bench.key=value or run.section.key=value overrides")

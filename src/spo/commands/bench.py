@@ -51,7 +51,7 @@ import torch
 from spo.algorithms.registry import algorithm_class
 from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
-from spo.config_io import load_sections, to_dict
+from spo.config_io import load_sections, load_yaml, to_dict
 from spo.evaluate.bench_design import (
     Cell,
     LrSweep,
@@ -79,6 +79,7 @@ from spo.presets import resolve_preset
 from spo.train.faults import PeerFailedError, kill_point
 from spo.train.loop import train
 from spo.train.preemption import Preempted
+from spo.train.resume_check import CONFIG_FILE, config_changes
 from spo.train.run_dir import AUTO, RunLock
 from spo.train.run_log import read_metrics
 
@@ -129,7 +130,12 @@ class BenchConfig:
 def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_bench_config(resolve_preset(args.config), args.overrides)
     out = Path(args.output_dir or Path("bench") / Path(args.config).stem)
-    run_bench(cfg, out, only_report=args.report_only, jobs=args.jobs)
+    if args.sweep_only and cfg.bench.lr_sweep is None:
+        raise ConfigError("--sweep-only: this bench has no bench.lr_sweep to run")
+    run_bench(cfg, out, only_report=args.report_only, jobs=args.jobs, sweep_only=args.sweep_only)
+    if args.sweep_only:
+        print(f"lr sweep: {out}/<cell>/lr_sweep.md, chosen: {out}/<cell>/lr_chosen.json")
+        return 0
     cells = bool(cfg.bench.starts or cfg.bench.updates)  # one folder per cell, and the map of them
     where = f"{out}/<cell>" if cells else f"{out}"
     print(f"results: {where}/results.md, plots: {where}/accuracy_vs_*.png" + (f", map: {out}/map.png" if cells else ""))
@@ -191,6 +197,32 @@ RERUN = "the same `spo bench` command again (finished runs are reused, the inter
 """A preempted bench run's advice (spo.train.preemption.Preempted): not `spo train --resume`."""
 
 
+REUSE_IGNORES = frozenset({"progress", "save_every", "keep_checkpoints", "log_episodes", "preempt_grace",
+                           "collective_timeout"})
+"""Keys in which a finished run's config may differ from the bench's and still be reused: none
+of them changes what the run trained, what it spent or how it was evaluated."""
+
+
+def finished(rc: RunConfig, run_dir: Path) -> bool:
+    """Whether `run_dir` holds a finished run of `rc`, to be reused. A finished run whose saved
+    config differs from `rc` in anything else than REUSE_IGNORES (another lr, method option,
+    budget, evaluation...) is refused with the keys (ConfigError, exit 2): reusing it would
+    report another experiment's numbers under this one's name."""
+    if not (run_dir / DONE_FILE).is_file():
+        return False
+    saved_file = run_dir / CONFIG_FILE
+    if not saved_file.is_file():
+        raise ConfigError(f"{run_dir}: a finished bench run without its {CONFIG_FILE}; it cannot be checked against "
+                          "this bench's config: delete the folder to run it again")
+    changes = {k: v for k, v in config_changes(build_config(load_yaml(saved_file)), rc).items()
+               if k not in REUSE_IGNORES}
+    if changes:
+        listed = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in changes.items())
+        raise ConfigError(f"{run_dir}: finished with another config than this bench asks for ({listed}); it is not "
+                          "reused: give the bench another --output-dir, or delete that run's folder to run it again")
+    return True
+
+
 def _run_one(label: str, rc: RunConfig, run_dir: Path) -> None:
     """Train one (method, seed) run: skipped when done, continued when interrupted."""
     if (run_dir / DONE_FILE).is_file():
@@ -235,7 +267,7 @@ def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
     float sums do). The first run that fails cancels those not started and is raised.
     SIGTERM and SIGUSR1 sent to the bench are passed on to its workers, whose runs checkpoint
     and stop (spo.train.preemption); a Ctrl-C reaches them from the terminal."""
-    todo = [r for r in runs if not (r[2] / DONE_FILE).is_file()]
+    todo = [r for r in runs if not finished(r[1], r[2])]  # every reused run checked before any trains
     if jobs <= 1 or len(todo) <= 1:
         for label, rc, run_dir in runs:
             _run_one(label, rc, run_dir)
@@ -268,10 +300,12 @@ def run_all(runs: list[tuple[str, RunConfig, Path]], jobs: int = 1) -> None:
             signal.signal(sig, handler)
 
 
-def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: int = 1) -> list[MethodSummary]:
+def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: int = 1,
+              sweep_only: bool = False) -> list[MethodSummary]:
     """Train every run not done yet (the lr sweeps first, when set), then write each cell's
     table and plots, and the map of the cells when the bench has axes. `jobs`: runs trained
-    at once (`run_all`)."""
+    at once (`run_all`). `sweep_only`: stop once the lrs are chosen (lr_sweep.md and
+    lr_chosen.json written), before the bench's own runs."""
     with RunLock(out):
         write_text_atomic(out / "bench.json", json.dumps({"bench": to_dict(cfg.bench), "run": cfg.run}, indent=2))
         b = cfg.bench
@@ -291,6 +325,8 @@ def run_bench(cfg: BenchConfig, out: Path, *, only_report: bool = False, jobs: i
                 whence = {"swept_in": swept.label, **({"divided_by": divisor} if scaled else {})}
                 write_text_atomic(out / cell.label / "lr_chosen.json",
                                   json.dumps({**whence, "lr": lrs[cell.label]}, indent=2))
+        if sweep_only:
+            return []
         if not only_report:  # seed-major: a partial bench already compares every method in every cell
             run_all([(f"{cell.label + ': ' if cell.label else ''}{method} seed {seed}",
                       run_config(cfg, method, seed, cell, lr_override(lrs[cell.label], method)),
