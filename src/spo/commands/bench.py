@@ -51,7 +51,7 @@ import torch
 from spo.algorithms.registry import algorithm_class
 from spo.cache import write_text_atomic
 from spo.config import ConfigError, RunConfig, build_config
-from spo.config_io import load_sections, load_yaml, to_dict
+from spo.config_io import load_sections, to_dict
 from spo.evaluate.bench_design import (
     Cell,
     LrSweep,
@@ -79,7 +79,7 @@ from spo.presets import resolve_preset
 from spo.train.faults import PeerFailedError, kill_point
 from spo.train.loop import train
 from spo.train.preemption import Preempted
-from spo.train.resume_check import CONFIG_FILE, config_changes
+from spo.train.resume_check import CONFIG_FILE, describe_changes, saved_config_changes
 from spo.train.run_dir import AUTO, RunLock
 from spo.train.run_log import read_metrics
 
@@ -210,14 +210,14 @@ def finished(rc: RunConfig, run_dir: Path) -> bool:
     report another experiment's numbers under this one's name."""
     if not (run_dir / DONE_FILE).is_file():
         return False
-    saved_file = run_dir / CONFIG_FILE
-    if not saved_file.is_file():
+    found = saved_config_changes(run_dir, rc)
+    if found is None:
         raise ConfigError(f"{run_dir}: a finished bench run without its {CONFIG_FILE}; it cannot be checked against "
                           "this bench's config: delete the folder to run it again")
-    changes = {k: v for k, v in config_changes(build_config(load_yaml(saved_file)), rc).items()
-               if k not in REUSE_IGNORES}
-    if changes:
-        listed = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in changes.items())
+    changes = found[1]
+    differing = [k for k in changes if k not in REUSE_IGNORES]
+    if differing:
+        listed = describe_changes(changes, differing)
         raise ConfigError(f"{run_dir}: finished with another config than this bench asks for ({listed}); it is not "
                           "reused: give the bench another --output-dir, or delete that run's folder to run it again")
     return True

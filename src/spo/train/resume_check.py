@@ -83,22 +83,36 @@ def results_changing(changes: dict[str, Any], saved: RunConfig) -> list[str]:
     return [k for k in changes if k not in HARMLESS or (k == "iterations" and schedule_spans_run)]
 
 
+def saved_config_changes(run_dir: Path, cfg: RunConfig) -> tuple[RunConfig, dict[str, tuple[Any, Any]]] | None:
+    """(the run's saved config, `config_changes` from it to `cfg`); None when the run folder
+    has no RUN/config.yaml. Used on resume and by `spo bench` before reusing a finished run."""
+    saved_file = run_dir / CONFIG_FILE
+    if not saved_file.is_file():
+        return None
+    saved = build_config(load_yaml(saved_file))
+    return saved, config_changes(saved, cfg)
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]], keys: list[str]) -> str:
+    """"key: run's value in the run, command's value now; ..." for `keys` of `changes`."""
+    return "; ".join(f"{k}: {_show(changes[k][0])} in the run, {_show(changes[k][1])} now" for k in keys)
+
+
 def check_resume_config(run_dir: Path, cfg: RunConfig, allow_change: bool) -> dict[str, tuple[Any, Any]]:
     """The differences between `cfg` and the run's saved config; raises ConfigError when one
     changes results and `allow_change` is off. Nothing is written here (every process of a
     multi-process run calls it, so all refuse together)."""
-    saved_file = run_dir / CONFIG_FILE
-    if not saved_file.is_file():
+    found = saved_config_changes(run_dir, cfg)
+    if found is None:
         return {}
-    saved = build_config(load_yaml(saved_file))
-    changes = config_changes(saved, cfg)
+    saved, changes = found
     changing = results_changing(changes, saved)
     if changing and not allow_change:
-        listed = "; ".join(f"{k}: {_show(changes[k][0])} in the run, {_show(changes[k][1])} now" for k in changing)
+        listed = describe_changes(changes, changing)
         why = (" (iterations: the run's lr schedule, with warmup or decay, spans its iterations)"
                if "iterations" in changing else "")
         raise ConfigError(
-            f"--resume {run_dir}: the command's config differs from the run's ({saved_file}) in what changes its "
+            f"--resume {run_dir}: the command's config differs from the run's ({run_dir / CONFIG_FILE}) in what changes its "
             f"results: {listed}{why}. Continuing would mix two experiments in one run: start a new run (another "
             f"--output-dir), or pass {ALLOW_FLAG} to continue with the new values (recorded in {CHANGES_FILE})")
     return changes
