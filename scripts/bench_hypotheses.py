@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from spo.cache import write_text_atomic
 from spo.evaluate.bench_hypotheses import THIRD_ROUND, hypotheses_table, judge
 from spo.evaluate.learning_curves import CurvePoint
 
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = manipulation_check(diagnostics)
     text = (f"# Third round: hypotheses (baseline {baseline}, {confidence:.0%} paired t intervals)\n\n"
             + hypotheses_table(results) + "\n## Manipulation check\n\n" + "".join(f"- {c}\n" for c in checks))
-    (args.out / "hypotheses.md").write_text(text)
-    (args.out / "hypotheses.json").write_text(json.dumps(
+    write_text_atomic(args.out / "hypotheses.md", text)
+    write_text_atomic(args.out / "hypotheses.json", json.dumps(
         {"baseline": baseline, "confidence": confidence, "manipulation_check": checks,
          "hypotheses": [{"name": h.name, "claim": h.claim, "needs": h.needs, "verdict": v,
                          "comparisons": [{"label": j.comparison.label, "verdict": j.verdict, **asdict(j.diff)}
